@@ -1,0 +1,292 @@
+//! The `ktstr-host` command line.
+
+use crate::kernel::{self, cache::Cache, kconfig::Flavour, source::SourceSpec};
+use anyhow::{Context, Result, bail};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ktstr-host",
+    version,
+    about = "Test Linux schedulers in small VMs with synthetic CPU topologies",
+    long_about = "ktstr-host boots a real Linux kernel in a small VM, runs workloads under EEVDF or a \
+sched_ext scheduler, and judges the run.\n\nFirst steps:\n  ktstr-host kernel build        # build the default guest kernel (cached)\n  ktstr-host run                 # the main job on defaults\n  ktstr-host kernel list         # what is cached",
+    after_help = "Environment: KTSTR_KERNEL (default --kernel), KTSTR_CACHE_DIR (kernel cache root), \
+KTSTR_KERNEL_MIRROR (kernel.org mirror base URL), RUST_LOG (log filter)."
+)]
+pub struct Cli {
+    /// More logging (-v info, -vv debug); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the main job: boot the guest kernel and run the default plan
+    Run(RunArgs),
+    /// Build, list and clean cached guest kernels
+    #[command(subcommand)]
+    Kernel(KernelCmd),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct KernelSel {
+    /// Kernel: an image file (bzImage or vmlinux), a source tree, a version or prefix
+    /// (6.12 = newest cached 6.12.x), or a cache key. Default: newest cached kernel
+    /// built with the current fragment, else built from the distribution source package.
+    #[arg(long, env = "KTSTR_KERNEL")]
+    pub kernel: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub kernel: KernelSel,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KernelCmd {
+    /// Build a guest kernel and store it in the cache
+    ///
+    /// Without VERSION, --source or --tarball: the distribution's source package
+    /// (Debian: /usr/src/linux-source-6.12.tar.xz from `apt-get install linux-source-6.12`).
+    Build(BuildArgs),
+    /// List cached kernels, newest first
+    List {
+        /// JSON output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove cached kernels
+    Clean(CleanArgs),
+    /// Print the kernel that --kernel (or the default) resolves to
+    Resolve {
+        #[command(flatten)]
+        kernel: KernelSel,
+        /// JSON output
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// A kernel.org version: 6.12 (newest 6.12.x), 6.12.3, 6.15-rc3
+    #[arg(conflicts_with_all = ["source", "tarball"])]
+    pub version: Option<String>,
+    /// A kernel source tree, built out of tree in its own incremental build dir
+    #[arg(long, value_name = "DIR", conflicts_with = "tarball")]
+    pub source: Option<PathBuf>,
+    /// A release tarball (.tar.xz / .tar.gz)
+    #[arg(long, value_name = "FILE")]
+    pub tarball: Option<PathBuf>,
+    /// Base config the ktstr fragment is applied to
+    #[arg(long, value_enum, default_value_t = Flavour::Minimal)]
+    pub flavour: Flavour,
+    /// Parallel make jobs (default: all CPUs)
+    #[arg(short, long)]
+    pub jobs: Option<usize>,
+    /// Rebuild even if the cache already has this kernel
+    #[arg(long)]
+    pub force: bool,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    /// Keep the N newest valid entries
+    #[arg(long, value_name = "N", conflicts_with = "corrupt_only")]
+    pub keep: Option<usize>,
+    /// Only remove corrupt entries (and leftovers of interrupted builds)
+    #[arg(long)]
+    pub corrupt_only: bool,
+    /// Also remove build dirs, extracted sources and downloads (next builds start cold)
+    #[arg(long)]
+    pub work: bool,
+}
+
+impl Cli {
+    pub fn command() -> clap::Command {
+        <Self as CommandFactory>::command()
+    }
+}
+
+/// Runs the parsed command; returns the process exit code.
+pub fn dispatch(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Kernel(cmd) => kernel_cmd(cmd),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "ktstr-host", &mut std::io::stdout());
+            Ok(0)
+        }
+    }
+}
+
+fn cache() -> Result<Cache> {
+    Ok(Cache::open_default()?)
+}
+
+fn run(args: RunArgs) -> Result<i32> {
+    let cache = cache()?;
+    let k = kernel::resolve(&cache, args.kernel.kernel.as_deref(), true)?;
+    print_kernel(&k, args.json)?;
+    Ok(0)
+}
+
+fn print_kernel(k: &kernel::Kernel, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(k)?);
+    } else {
+        println!("kernel: {} ({:?}, {})", k.image.display(), k.kind, k.origin);
+        if let Some(v) = &k.version {
+            println!("version: {v}");
+        }
+    }
+    Ok(())
+}
+
+fn kernel_cmd(cmd: KernelCmd) -> Result<i32> {
+    let cache = cache()?;
+    match cmd {
+        KernelCmd::Build(a) => {
+            let source = match (a.version, a.source, a.tarball) {
+                (Some(v), _, _) => SourceSpec::Version(v),
+                (_, Some(dir), _) => SourceSpec::Tree(dir),
+                (_, _, Some(t)) => SourceSpec::Tarball(t),
+                _ => SourceSpec::Distro,
+            };
+            let req = kernel::BuildRequest {
+                source,
+                flavour: a.flavour,
+                jobs: a.jobs.unwrap_or_else(kernel::default_jobs),
+                force: a.force,
+            };
+            let k = kernel::build(&cache, &req)?;
+            print_kernel(&k, a.json)?;
+        }
+        KernelCmd::List { json } => list(&cache, json)?,
+        KernelCmd::Clean(a) => clean(&cache, &a)?,
+        KernelCmd::Resolve { kernel, json } => {
+            let k = kernel::resolve(&cache, kernel.kernel.as_deref(), false)?;
+            print_kernel(&k, json)?;
+        }
+    }
+    Ok(0)
+}
+
+#[derive(serde::Serialize)]
+struct ListRow<'a> {
+    key: &'a str,
+    path: &'a std::path::Path,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<&'a kernel::cache::Metadata>,
+    /// Built with the fragment this ktstr-host carries.
+    current: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    corrupt: Option<&'a str>,
+}
+
+fn list(cache: &Cache, json: bool) -> Result<()> {
+    let entries = cache.entries()?;
+    let rows: Vec<ListRow> = entries
+        .iter()
+        .map(|e| {
+            let (metadata, corrupt) = match &e.state {
+                kernel::cache::EntryState::Valid(m) => (Some(m.as_ref()), None),
+                kernel::cache::EntryState::Corrupt(why) => (None, Some(why.as_str())),
+            };
+            let current = metadata.is_some_and(|m| m.config_hash == m.flavour.config_hash());
+            ListRow { key: &e.key, path: &e.dir, metadata, current, corrupt }
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no kernels cached in {} (build one: ktstr-host kernel build)", cache.root.display());
+        return Ok(());
+    }
+    println!("{:<52} {:<10} {:<10} {:<21} SOURCE", "KEY", "VERSION", "FLAVOUR", "BUILT");
+    for r in &rows {
+        match (r.metadata, r.corrupt) {
+            (Some(m), _) => {
+                let stale = if r.current { "" } else { " (stale kconfig)" };
+                println!(
+                    "{:<52} {:<10} {:<10} {:<21} {}{stale}",
+                    r.key,
+                    m.version,
+                    m.flavour,
+                    m.built_at,
+                    m.source.describe()
+                );
+            }
+            (None, why) => println!("{:<52} (corrupt: {})", r.key, why.unwrap_or("?")),
+        }
+    }
+    Ok(())
+}
+
+fn clean(cache: &Cache, a: &CleanArgs) -> Result<()> {
+    let entries = cache.entries()?;
+    let mut kept = 0usize;
+    let mut removed = 0usize;
+    for e in &entries {
+        let valid = e.metadata().is_some();
+        let keep = match (a.corrupt_only, a.keep) {
+            (true, _) => valid,
+            (false, Some(n)) => {
+                valid && {
+                    kept += 1;
+                    kept <= n
+                }
+            }
+            (false, None) => false,
+        };
+        if !keep {
+            cache.remove(e).with_context(|| format!("removing {}", e.dir.display()))?;
+            println!("removed {}", e.key);
+            removed += 1;
+        }
+    }
+    for tmp in cache.stale_temps() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+        println!("removed leftover {}", tmp.display());
+    }
+    if a.work {
+        let work = cache.work_dir();
+        if work.exists() {
+            let _lock = cache.lock("work")?;
+            std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
+            println!("removed {}", work.display());
+        }
+    }
+    if removed == 0 && !a.work {
+        println!("nothing to remove");
+    }
+    Ok(())
+}
+
+/// Refuses combinations clap cannot express.
+pub fn validate(cli: &Cli) -> Result<()> {
+    if let Command::Kernel(KernelCmd::Build(b)) = &cli.command
+        && b.jobs == Some(0)
+    {
+        bail!("--jobs 0: give at least 1 (default: all CPUs)");
+    }
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! ktstr-host: everything that runs on the host side of a ktstr run.
+//!
+//! One module per stage of a run (see DESIGN.md): `kernel` resolves and builds guest
+//! kernels, `image` makes initramfs archives, `backend` boots them.
+
+pub mod backend;
+pub mod cli;
+pub mod image;
+pub mod interrupt;
+pub mod kernel;
+pub mod progress;
+pub mod vmm;
