@@ -1,0 +1,450 @@
+//! The guest <-> host protocol.
+//!
+//! One frame on the wire is `COBS(postcard(msg) ++ crc32_le(postcard(msg))) ++ 0x00`.
+//! Every message type has a fixed upper size (heapless strings and vecs), so a frame is at most
+//! [`MAX_FRAME`] bytes and the decoder never allocates. The decoder treats its input as untrusted:
+//! garbage, truncation, bit flips and overlong runs are dropped and counted, never a panic, and
+//! decoding resumes at the next `0x00` delimiter.
+//!
+//! Compatibility: postcard encodes an enum variant by its index and a struct by field order.
+//! New message variants and new struct fields go at the END, and bumping [`PROTOCOL_VERSION`]
+//! is required for anything else. `GuestMsg::Hello` stays variant 0 with `version` first, so a
+//! host can always read the guest's version even when the rest no longer decodes.
+//!
+//! All guest timestamps (`*_ns`) are `CLOCK_BOOTTIME` nanoseconds in the guest.
+
+use core::fmt;
+use core::marker::PhantomData;
+
+use crc::{CRC_32_ISO_HDLC, Crc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Bumped on any change that is not an append of a variant or trailing field.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Largest frame on the wire, delimiter included.
+pub const MAX_FRAME: usize = 4096;
+/// Largest postcard encoding of one message.
+pub const MAX_PAYLOAD: usize = 4000;
+/// Bytes of the CRC32 trailer (little endian) after the postcard bytes.
+pub const CRC_LEN: usize = 4;
+/// Largest text field (UTF-8 bytes) in a message.
+pub const MAX_TEXT: usize = 1024;
+/// Largest piece of command output in one [`GuestMsg::ExecOutput`].
+pub const MAX_CHUNK: usize = 1024;
+/// Most CPUs a [`Sample`] describes.
+pub const MAX_CPUS: usize = 512;
+/// Longest kernel release string (`utsname.release` holds 64 bytes plus NUL).
+pub const MAX_RELEASE: usize = 64;
+
+// The largest payload must still fit one frame after COBS overhead and the delimiter.
+const _: () = assert!(cobs::max_encoding_length(MAX_PAYLOAD + CRC_LEN) < MAX_FRAME);
+
+const CRC32: Crc<u32> = Crc::<u32>::new(&CRC_32_ISO_HDLC);
+
+/// Bounded UTF-8 text; build one with [`text`].
+pub type Text = heapless::String<MAX_TEXT>;
+/// Bounded command output bytes; build one with [`chunk`].
+pub type Chunk = heapless::Vec<u8, MAX_CHUNK>;
+
+/// Guest -> host. New variants go at the end (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant, reason = "inline bounded sizes are the point: decoding never allocates")]
+pub enum GuestMsg {
+    /// First message of every run.
+    Hello(Hello),
+    /// A line from the init itself.
+    Log { t_ns: u64, level: LogLevel, text: Text },
+    /// Periodic telemetry.
+    Sample(Sample),
+    /// One worker's totals at the end of a workload.
+    WorkerReport(WorkerReport),
+    /// Something the scheduler did (started, attached, exited, ...).
+    SchedulerEvent { t_ns: u64, kind: SchedEventKind, text: Text },
+    /// A piece of the exec'd command's output, in order per stream.
+    ExecOutput { stream: Stream, data: Chunk },
+    /// How the plan ended; sent once, before [`GuestMsg::Bye`].
+    Result(RunResult),
+    /// The init failed (Rust panic, missing or bad plan, watchdog). Terminal.
+    Panic { text: Text },
+    /// Last message; the guest powers off next.
+    Bye { exit_code: i32 },
+    /// Answer to [`HostMsg::Ping`].
+    Pong { seq: u32 },
+}
+
+/// Host -> guest. New variants go at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostMsg {
+    /// Lets a plan with `wait_for_start` begin.
+    Start,
+    /// Stop the plan now: the exec'd command is killed and the run ends as [`Outcome::Stopped`].
+    Stop,
+    /// Liveness check; the guest answers [`GuestMsg::Pong`] with the same `seq`.
+    Ping { seq: u32 },
+}
+
+/// Identity and boot-phase times of the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the sender. Must stay the first field.
+    pub version: u16,
+    pub kernel_release: heapless::String<MAX_RELEASE>,
+    pub nr_cpus: u32,
+    /// True when the init runs as a normal process on the host (`--host-mode`), not as PID 1.
+    pub host_mode: bool,
+    /// When the init's `main` started: the kernel's share of boot time.
+    pub init_start_ns: u64,
+    /// When the init finished its mounts (equal to `init_start_ns` in host mode).
+    pub mounts_done_ns: u64,
+    /// When this message was built.
+    pub hello_ns: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+/// Telemetry snapshot. A placeholder shape for now: per-CPU run-queue lengths.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sample {
+    pub t_ns: u64,
+    /// `nr_running` per CPU, index = CPU number.
+    pub nr_running: heapless::Vec<u32, MAX_CPUS>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerReport {
+    pub id: u32,
+    pub work_units: u64,
+    pub cpu_time_ns: u64,
+    pub wall_ns: u64,
+    /// Voluntary plus involuntary context switches.
+    pub nr_switches: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SchedEventKind {
+    Started,
+    Attached,
+    Detached,
+    Exited,
+    Error,
+    Stall,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// How a run ended and what happened to the command's output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunResult {
+    pub outcome: Outcome,
+    /// From spawning the command to its end (0 without a command).
+    pub wall_ns: u64,
+    pub stdout: StreamStats,
+    pub stderr: StreamStats,
+}
+
+/// Bytes of one output stream: those sent as [`GuestMsg::ExecOutput`] and those over the limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamStats {
+    pub sent: u64,
+    pub truncated: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant, reason = "inline bounded sizes are the point: decoding never allocates")]
+pub enum Outcome {
+    /// The plan had no command to run and finished.
+    Completed,
+    Exited {
+        code: i32,
+    },
+    Signaled {
+        signal: i32,
+    },
+    /// The deadline passed; the command's process group was killed.
+    TimedOut,
+    /// The host sent [`HostMsg::Stop`]; the command's process group was killed.
+    Stopped,
+    /// The command could not be started (missing binary, bad cwd, ...).
+    FailedToStart {
+        reason: Text,
+    },
+}
+
+/// Exit code for [`Outcome::TimedOut`], as `timeout(1)`.
+pub const EXIT_TIMED_OUT: i32 = 124;
+/// Exit code for [`Outcome::FailedToStart`], as a shell's "command not found".
+pub const EXIT_FAILED_TO_START: i32 = 127;
+/// Exit code for [`Outcome::Stopped`], as an interrupted command (128 + SIGINT).
+pub const EXIT_STOPPED: i32 = 130;
+/// Exit code when the init itself fails ([`GuestMsg::Panic`]), as a Rust panic.
+pub const EXIT_INIT_FAILED: i32 = 101;
+
+impl Outcome {
+    /// The process exit code both sides report for this outcome (shell conventions).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::Completed => 0,
+            Outcome::Exited { code } => *code,
+            Outcome::Signaled { signal } => 128 + signal,
+            Outcome::TimedOut => EXIT_TIMED_OUT,
+            Outcome::Stopped => EXIT_STOPPED,
+            Outcome::FailedToStart { .. } => EXIT_FAILED_TO_START,
+        }
+    }
+}
+
+/// `s` cut to at most `N` bytes at a char boundary.
+pub fn text<const N: usize>(s: &str) -> heapless::String<N> {
+    let mut end = s.len().min(N);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = heapless::String::new();
+    // Cannot fail: `end <= N`.
+    let _ = out.push_str(&s[..end]);
+    out
+}
+
+/// `bytes` cut to at most `N` bytes.
+pub fn chunk<const N: usize>(bytes: &[u8]) -> heapless::Vec<u8, N> {
+    let mut out = heapless::Vec::new();
+    // Cannot fail: the slice is cut to the capacity.
+    let _ = out.extend_from_slice(&bytes[..bytes.len().min(N)]);
+    out
+}
+
+/// Why a message could not be encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireError {
+    /// The postcard encoding exceeds [`MAX_PAYLOAD`].
+    TooLarge,
+    /// The output buffer cannot hold the frame; [`MAX_FRAME`] bytes always suffice.
+    BufferTooSmall,
+    /// serde refused the value.
+    Serialize,
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WireError::TooLarge => write!(f, "message encodes to more than {MAX_PAYLOAD} bytes"),
+            WireError::BufferTooSmall => {
+                write!(f, "frame buffer too small (use at least {MAX_FRAME} bytes)")
+            }
+            WireError::Serialize => write!(f, "message could not be serialized"),
+        }
+    }
+}
+
+impl core::error::Error for WireError {}
+
+/// Encodes `msg` as one delimited frame into `buf` and returns the frame.
+pub fn encode<'b, M: Serialize>(msg: &M, buf: &'b mut [u8]) -> Result<&'b [u8], WireError> {
+    let mut raw = [0u8; MAX_PAYLOAD + CRC_LEN];
+    let n = match postcard::to_slice(msg, &mut raw[..MAX_PAYLOAD]) {
+        Ok(used) => used.len(),
+        Err(postcard::Error::SerializeBufferFull) => return Err(WireError::TooLarge),
+        Err(_) => return Err(WireError::Serialize),
+    };
+    let crc = CRC32.checksum(&raw[..n]);
+    raw[n..n + CRC_LEN].copy_from_slice(&crc.to_le_bytes());
+    let len = cobs::try_encode(&raw[..n + CRC_LEN], buf).map_err(|_| WireError::BufferTooSmall)?;
+    *buf.get_mut(len).ok_or(WireError::BufferTooSmall)? = 0;
+    Ok(&buf[..=len])
+}
+
+/// [`encode`] into a new vector.
+pub fn encode_to_vec<M: Serialize>(msg: &M) -> Result<alloc::vec::Vec<u8>, WireError> {
+    let mut buf = [0u8; MAX_FRAME];
+    encode(msg, &mut buf).map(<[u8]>::to_vec)
+}
+
+/// Why one frame was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    /// More than `MAX_FRAME - 1` bytes without a delimiter; the run is dropped up to the next one.
+    Oversize,
+    /// Not valid COBS.
+    BadCobs,
+    /// Too short for a CRC, or the CRC does not match.
+    BadCrc,
+    /// CRC fine but not a message of this type (other version, or trailing bytes).
+    BadPostcard,
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FrameError::Oversize => "frame longer than MAX_FRAME",
+            FrameError::BadCobs => "invalid COBS encoding",
+            FrameError::BadCrc => "CRC mismatch or frame too short",
+            FrameError::BadPostcard => "payload is not a valid message",
+        })
+    }
+}
+
+impl core::error::Error for FrameError {}
+
+/// What a [`FrameDecoder`] has seen so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecodeStats {
+    /// Messages decoded.
+    pub frames: u64,
+    /// Bytes of rejected frames and overlong runs (delimiters not counted).
+    pub dropped_bytes: u64,
+    pub bad_crc: u64,
+    pub bad_cobs: u64,
+    pub bad_postcard: u64,
+    pub oversize: u64,
+}
+
+impl DecodeStats {
+    /// Frames rejected for any reason.
+    pub fn rejected(&self) -> u64 {
+        self.bad_crc + self.bad_cobs + self.bad_postcard + self.oversize
+    }
+}
+
+/// Longest encoded frame without its delimiter.
+const MAX_ENCODED: usize = MAX_FRAME - 1;
+
+/// Incremental decoder for a byte stream of frames carrying `M`.
+///
+/// Feed it bytes split anywhere; it buffers at most one frame ([`MAX_FRAME`] bytes).
+pub struct FrameDecoder<M> {
+    buf: heapless::Vec<u8, MAX_ENCODED>,
+    /// Inside an overlong run: drop bytes until the next delimiter.
+    overflow: bool,
+    stats: DecodeStats,
+    _msg: PhantomData<fn() -> M>,
+}
+
+impl<M: DeserializeOwned> Default for FrameDecoder<M> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<M: DeserializeOwned> FrameDecoder<M> {
+    pub const fn new() -> Self {
+        FrameDecoder {
+            buf: heapless::Vec::new(),
+            overflow: false,
+            stats: DecodeStats { frames: 0, dropped_bytes: 0, bad_crc: 0, bad_cobs: 0, bad_postcard: 0, oversize: 0 },
+            _msg: PhantomData,
+        }
+    }
+
+    pub fn stats(&self) -> &DecodeStats {
+        &self.stats
+    }
+
+    /// Bytes of an unfinished frame held back until its delimiter arrives.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Feeds one byte; returns a result when it completes a frame (or starts an overlong run).
+    pub fn feed(&mut self, byte: u8) -> Option<Result<M, FrameError>> {
+        if byte == 0 { self.finish_frame() } else { self.absorb(&[byte]).map(Err) }
+    }
+
+    /// Feeds `bytes` and hands every decoded message to `on_msg`; rejected frames are counted.
+    pub fn push(&mut self, bytes: &[u8], mut on_msg: impl FnMut(M)) {
+        self.push_results(bytes, |r| {
+            if let Ok(msg) = r {
+                on_msg(msg);
+            }
+        });
+    }
+
+    /// Like [`Self::push`], but also reports each rejected frame.
+    pub fn push_results(&mut self, bytes: &[u8], mut on_frame: impl FnMut(Result<M, FrameError>)) {
+        let mut rest = bytes;
+        while let Some(end) = rest.iter().position(|&b| b == 0) {
+            if let Some(err) = self.absorb(&rest[..end]) {
+                on_frame(Err(err));
+            }
+            if let Some(r) = self.finish_frame() {
+                on_frame(r);
+            }
+            rest = &rest[end + 1..];
+        }
+        if let Some(err) = self.absorb(rest) {
+            on_frame(Err(err));
+        }
+    }
+
+    /// Buffers non-delimiter bytes; reports `Oversize` once when a run outgrows a frame.
+    fn absorb(&mut self, bytes: &[u8]) -> Option<FrameError> {
+        if self.overflow {
+            self.stats.dropped_bytes += bytes.len() as u64;
+            return None;
+        }
+        if self.buf.extend_from_slice(bytes).is_ok() {
+            return None;
+        }
+        self.stats.dropped_bytes += (self.buf.len() + bytes.len()) as u64;
+        self.stats.oversize += 1;
+        self.buf.clear();
+        self.overflow = true;
+        Some(FrameError::Oversize)
+    }
+
+    /// Handles a delimiter: decodes the buffered frame, if any.
+    fn finish_frame(&mut self) -> Option<Result<M, FrameError>> {
+        if core::mem::take(&mut self.overflow) {
+            return None; // already reported when the run overflowed
+        }
+        if self.buf.is_empty() {
+            return None; // back-to-back delimiters are padding
+        }
+        let len = self.buf.len();
+        let result = decode_frame(&mut self.buf);
+        self.buf.clear();
+        match &result {
+            Ok(_) => self.stats.frames += 1,
+            Err(e) => {
+                self.stats.dropped_bytes += len as u64;
+                match e {
+                    FrameError::BadCobs => self.stats.bad_cobs += 1,
+                    FrameError::BadCrc => self.stats.bad_crc += 1,
+                    FrameError::BadPostcard => self.stats.bad_postcard += 1,
+                    FrameError::Oversize => self.stats.oversize += 1,
+                }
+            }
+        }
+        Some(result)
+    }
+}
+
+/// Decodes one COBS frame (without delimiter) in place.
+fn decode_frame<M: DeserializeOwned>(frame: &mut [u8]) -> Result<M, FrameError> {
+    let n = cobs::decode_in_place(frame).map_err(|_| FrameError::BadCobs)?;
+    let raw = frame.get(..n).ok_or(FrameError::BadCobs)?;
+    if raw.len() <= CRC_LEN {
+        return Err(FrameError::BadCrc);
+    }
+    let (payload, crc) = raw.split_at(raw.len() - CRC_LEN);
+    let mut crc_le = [0u8; CRC_LEN];
+    crc_le.copy_from_slice(crc);
+    if CRC32.checksum(payload) != u32::from_le_bytes(crc_le) {
+        return Err(FrameError::BadCrc);
+    }
+    match postcard::take_from_bytes::<M>(payload) {
+        Ok((msg, [])) => Ok(msg),
+        _ => Err(FrameError::BadPostcard),
+    }
+}

@@ -1,0 +1,47 @@
+use ktstr_shared::plan::*;
+
+fn exec_plan() -> RunPlan {
+    let mut exec = ExecPlan::new(["/bin/sh", "-c", "echo $FOO"]);
+    exec.env.push(("FOO".into(), "bar".into()));
+    exec.cwd = Some("/tmp".into());
+    exec.output_limit = 10;
+    RunPlan { console_quiet: true, exec: Some(exec), ..RunPlan::new(5000) }
+}
+
+#[test]
+fn plan_round_trips() {
+    for plan in [RunPlan::new(1), exec_plan()] {
+        let bytes = plan.to_bytes().unwrap();
+        assert_eq!(RunPlan::from_bytes(&bytes).unwrap(), plan);
+    }
+}
+
+#[test]
+fn plan_rejects_what_the_init_cannot_run() {
+    let cases = [
+        (RunPlan::new(0), PlanError::ZeroDeadline),
+        (RunPlan { version: 99, ..RunPlan::new(1) }, PlanError::Version { found: 99 }),
+        (RunPlan { exec: Some(ExecPlan::new(Vec::<String>::new())), ..RunPlan::new(1) }, PlanError::EmptyArgv),
+        (RunPlan { exec: Some(ExecPlan::new(["a\0b"])), ..RunPlan::new(1) }, PlanError::NulByte),
+    ];
+    for (plan, want) in cases {
+        assert_eq!(plan.validate(), Err(want.clone()));
+        assert_eq!(RunPlan::from_bytes(&plan.to_bytes().unwrap()), Err(want));
+    }
+    let mut bad_env = exec_plan();
+    bad_env.exec.as_mut().unwrap().env.push(("A=B".into(), "c".into()));
+    assert!(matches!(bad_env.validate(), Err(PlanError::BadEnvName { .. })));
+}
+
+#[test]
+fn plan_rejects_bad_bytes() {
+    let mut bytes = exec_plan().to_bytes().unwrap();
+    assert_eq!(RunPlan::from_bytes(&[]), Err(PlanError::Decode));
+    assert_eq!(RunPlan::from_bytes(&bytes[..bytes.len() - 1]), Err(PlanError::Decode));
+    bytes.push(0);
+    assert_eq!(RunPlan::from_bytes(&bytes), Err(PlanError::TrailingBytes { len: 1 }));
+    let huge = vec![1u8; MAX_PLAN_BYTES + 1];
+    assert!(matches!(RunPlan::from_bytes(&huge), Err(PlanError::TooLarge { .. })));
+    // Errors tell the user what to do.
+    assert!(PlanError::Decode.to_string().contains("rebuild"));
+}
