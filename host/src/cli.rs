@@ -1,8 +1,13 @@
 //! The `ktstr-host` command line.
 
+use crate::backend::{self, Backend, BackendChoice};
 use crate::kernel::{self, cache::Cache, kconfig::Flavour, source::SourceSpec};
+use crate::report;
+use crate::runner::{self, RunRequest};
 use anyhow::{Context, Result, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use ktstr_shared::plan::{ExecPlan, RunPlan};
+use ktstr_shared::topology::Topology;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -27,6 +32,12 @@ pub struct Cli {
 pub enum Command {
     /// Run the main job: boot the guest kernel and run the default plan
     Run(RunArgs),
+    /// Run one command in a fresh VM and exit with its exit code (like `vng --exec`)
+    ///
+    /// The command (and, for scripts, its interpreter) is copied from the host with the
+    /// closure of its shared libraries. Exit codes: the command's own; 124 when it (or the
+    /// VM) timed out; 127 when it could not start; 255 on a guest panic; 130 on Ctrl-C.
+    Exec(ExecArgs),
     /// Build, list and clean cached guest kernels
     #[command(subcommand)]
     Kernel(KernelCmd),
@@ -46,13 +57,44 @@ pub struct KernelSel {
     pub kernel: Option<String>,
 }
 
+/// Options shared by everything that boots a VM.
+#[derive(Debug, Args)]
+pub struct VmArgs {
+    #[command(flatten)]
+    pub kernel: KernelSel,
+    /// CPU topology NnLlCcTt: NUMA nodes, LLCs in all, cores per LLC, threads per core
+    #[arg(long, default_value = "1n1l2c1t")]
+    pub topology: Topology,
+    /// Which VM backend runs the guest
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+    /// Guest memory in MiB
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(64..=1048576))]
+    pub memory: u32,
+    /// Show the guest console (kernel log) on stderr as it runs
+    #[arg(long)]
+    pub console: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
-    pub kernel: KernelSel,
+    pub vm: VmArgs,
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// Seconds the command may run before it is killed (exit 124)
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=86400))]
+    pub timeout: u32,
+    /// Command and arguments to run in the guest
+    #[arg(required = true, last = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,6 +170,7 @@ impl Cli {
 pub fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Exec(args) => exec(args),
         Command::Kernel(cmd) => kernel_cmd(cmd),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "ktstr-host", &mut std::io::stdout());
@@ -140,11 +183,63 @@ fn cache() -> Result<Cache> {
     Ok(Cache::open_default()?)
 }
 
-fn run(args: RunArgs) -> Result<i32> {
+/// Resolves the kernel and the backend for a VM command, printing the backend notice.
+fn prepare(vm: &VmArgs) -> Result<(Cache, kernel::Kernel, Backend)> {
     let cache = cache()?;
-    let k = kernel::resolve(&cache, args.kernel.kernel.as_deref(), true)?;
-    print_kernel(&k, args.json)?;
-    Ok(0)
+    let k = kernel::resolve(&cache, vm.kernel.kernel.as_deref(), true)?;
+    let (backend, notice) = backend::select(vm.backend)?;
+    if let Some(n) = notice {
+        eprintln!("ktstr-host: {n}");
+    }
+    Ok((cache, k, backend))
+}
+
+fn request(vm: &VmArgs, k: kernel::Kernel, backend: Backend, plan: RunPlan, binaries: Vec<PathBuf>) -> RunRequest {
+    RunRequest {
+        kernel: k,
+        backend,
+        topology: vm.topology,
+        memory_mib: vm.memory,
+        plan,
+        binaries,
+        console: vm.console,
+        stream_output: false,
+    }
+}
+
+fn run(args: RunArgs) -> Result<i32> {
+    let (cache, k, backend) = prepare(&args.vm)?;
+    let mut plan = RunPlan::new(30_000);
+    plan.console_quiet = !args.vm.console;
+    plan.exec = Some(ExecPlan::new(["/init", "--version"]));
+    let req = request(&args.vm, k.clone(), backend, plan, Vec::new());
+    let out = runner::run(&cache, &req)?;
+    let summary = report::RunSummary::new(&k, &req, &out);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        summary.print();
+    }
+    Ok(if summary.passed { 0 } else { 1 })
+}
+
+fn exec(args: ExecArgs) -> Result<i32> {
+    let program = runner::find_program(&args.command[0])?;
+    let binaries = runner::program_files(&program)?;
+    let (cache, k, backend) = prepare(&args.vm)?;
+    let mut argv = args.command.clone();
+    argv[0] = program.display().to_string();
+    let mut plan = RunPlan::new(args.timeout.saturating_mul(1000));
+    plan.console_quiet = !args.vm.console;
+    plan.exec = Some(ExecPlan::new(argv));
+    let mut req = request(&args.vm, k, backend, plan, binaries);
+    req.stream_output = true;
+    let out = runner::run(&cache, &req)?;
+    let (code, message) = report::exec_status(&out);
+    if let Some(m) = message {
+        eprintln!("ktstr-host: {m}");
+    }
+    Ok(code)
 }
 
 fn print_kernel(k: &kernel::Kernel, json: bool) -> Result<()> {

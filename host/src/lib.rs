@@ -5,8 +5,12 @@
 
 pub mod backend;
 pub mod cli;
+pub mod collect;
 pub mod image;
+pub mod init_binary;
 pub mod interrupt;
 pub mod kernel;
 pub mod progress;
+pub mod report;
+pub mod runner;
 pub mod vmm;

@@ -1,0 +1,292 @@
+//! Supervises a running machine: reads the console and the protocol channel, decodes frames
+//! (everything the guest sends is untrusted: bounded, checked), enforces the hard timeout and
+//! Ctrl-C, and returns what happened as a [`Collected`].
+
+use crate::backend::{Machine, MachineExit};
+use crate::interrupt;
+use ktstr_shared::wire::{DecodeStats, FrameDecoder, GuestMsg, Hello, LogLevel, RunResult, Stream};
+use std::io::{Read, Write};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Console bytes kept (the tail); the rest is only counted.
+pub const CONSOLE_KEEP: usize = 256 * 1024;
+/// Command output kept per stream on the host side.
+pub const OUTPUT_KEEP: usize = 1 << 20;
+/// After Bye, how long the guest gets to power off before it is killed.
+const POWEROFF_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Copy console bytes to our stderr as they arrive (`--console`).
+    pub echo_console: bool,
+    /// Copy the command's stdout/stderr to ours as they arrive (`exec`).
+    pub stream_output: bool,
+}
+
+/// How supervision ended.
+#[derive(Debug, Clone)]
+pub enum End {
+    /// The machine stopped by itself.
+    Exited(MachineExit),
+    /// The hard timeout fired; the machine was killed.
+    Timeout(Duration),
+    /// Ctrl-C; the machine was killed.
+    Interrupted,
+}
+
+/// Times since the machine was started.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Phases {
+    pub first_console_byte: Option<Duration>,
+    pub hello: Option<Duration>,
+    pub result: Option<Duration>,
+    pub bye: Option<Duration>,
+    pub stopped: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Console {
+    pub tail: Vec<u8>,
+    pub total_bytes: u64,
+}
+
+impl Console {
+    fn push(&mut self, bytes: &[u8]) {
+        self.total_bytes += bytes.len() as u64;
+        self.tail.extend_from_slice(bytes);
+        if self.tail.len() > CONSOLE_KEEP {
+            let cut = self.tail.len() - CONSOLE_KEEP;
+            self.tail.drain(..cut);
+        }
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.tail).into_owned()
+    }
+
+    /// The kernel's panic message and what follows it, if the console shows one.
+    pub fn kernel_panic(&self) -> Option<String> {
+        let text = self.text();
+        let at = text.find("Kernel panic - not syncing")?;
+        let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+        Some(text[line_start..].lines().take(20).collect::<Vec<_>>().join("\n"))
+    }
+
+    /// The last `n` lines.
+    pub fn last_lines(&self, n: usize) -> String {
+        let text = self.text();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+/// Everything one run produced.
+#[derive(Debug, Clone)]
+pub struct Collected {
+    pub hello: Option<Hello>,
+    pub result: Option<RunResult>,
+    pub bye: Option<i32>,
+    /// A Panic frame from the init.
+    pub init_panic: Option<String>,
+    pub logs: Vec<(LogLevel, String)>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub console: Console,
+    pub decode: DecodeStats,
+    pub phases: Phases,
+    pub end: End,
+}
+
+enum Event {
+    Console(Vec<u8>),
+    Msg(Box<GuestMsg>),
+    ChannelClosed(DecodeStats),
+    ConsoleClosed,
+}
+
+/// Runs until the machine stops, the timeout fires, or Ctrl-C; always leaves it stopped.
+pub fn supervise(machine: &mut dyn Machine, timeout: Duration, opts: Options) -> Collected {
+    let start = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    let mut readers = Vec::new();
+    if let Some(console) = machine.take_console() {
+        readers.push(spawn_console_reader(console, tx.clone()));
+    }
+    // The write half stays alive for the whole run (host->guest messages come later).
+    let _channel_writer = machine.take_channel().map(|(r, w)| {
+        readers.push(spawn_channel_reader(r, tx.clone()));
+        w
+    });
+    drop(tx);
+    let mut c = Collected {
+        hello: None,
+        result: None,
+        bye: None,
+        init_panic: None,
+        logs: Vec::new(),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        console: Console::default(),
+        decode: DecodeStats::default(),
+        phases: Phases::default(),
+        end: End::Interrupted,
+    };
+    let mut bye_at: Option<Instant> = None;
+    c.end = loop {
+        if interrupt::interrupted() {
+            machine.kill();
+            break End::Interrupted;
+        }
+        if start.elapsed() >= timeout || bye_at.is_some_and(|t| t.elapsed() > POWEROFF_GRACE) {
+            machine.kill();
+            if bye_at.is_some() {
+                // Finished its work but did not power off: still a complete run.
+                break End::Exited(MachineExit {
+                    success: true,
+                    detail: "killed after Bye".into(),
+                    stderr: String::new(),
+                });
+            }
+            break End::Timeout(timeout);
+        }
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(ev) => handle(&mut c, ev, start, opts, &mut bye_at),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {}
+        }
+        match machine.try_wait() {
+            Ok(Some(exit)) => break End::Exited(exit),
+            Ok(None) => {}
+            Err(e) => {
+                machine.kill();
+                break End::Exited(MachineExit {
+                    success: false,
+                    detail: format!("waiting for the VM: {e}"),
+                    stderr: String::new(),
+                });
+            }
+        }
+    };
+    c.phases.stopped = Some(start.elapsed());
+    // The machine is gone: its pipes close, so the readers finish with what was buffered.
+    for ev in rx.iter() {
+        handle(&mut c, ev, start, opts, &mut bye_at);
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    c
+}
+
+fn handle(c: &mut Collected, ev: Event, start: Instant, opts: Options, bye_at: &mut Option<Instant>) {
+    match ev {
+        Event::Console(bytes) => {
+            c.phases.first_console_byte.get_or_insert(start.elapsed());
+            if opts.echo_console {
+                let mut e = std::io::stderr().lock();
+                let _ = e.write_all(&bytes);
+                let _ = e.flush();
+            }
+            c.console.push(&bytes);
+        }
+        Event::Msg(m) => handle_msg(c, *m, start, opts, bye_at),
+        Event::ChannelClosed(stats) => c.decode = stats,
+        Event::ConsoleClosed => {}
+    }
+}
+
+fn handle_msg(c: &mut Collected, m: GuestMsg, start: Instant, opts: Options, bye_at: &mut Option<Instant>) {
+    match m {
+        GuestMsg::Hello(h) => {
+            c.phases.hello.get_or_insert(start.elapsed());
+            c.hello = Some(h);
+        }
+        GuestMsg::ExecOutput { stream, data } => {
+            let (buf, live): (&mut Vec<u8>, Box<dyn Write>) = match stream {
+                Stream::Stdout => (&mut c.stdout, Box::new(std::io::stdout())),
+                Stream::Stderr => (&mut c.stderr, Box::new(std::io::stderr())),
+            };
+            if opts.stream_output {
+                let mut live = live;
+                let _ = live.write_all(&data);
+                let _ = live.flush();
+            }
+            let room = OUTPUT_KEEP.saturating_sub(buf.len());
+            buf.extend_from_slice(&data[..data.len().min(room)]);
+        }
+        GuestMsg::Result(r) => {
+            c.phases.result.get_or_insert(start.elapsed());
+            c.result = Some(r);
+        }
+        GuestMsg::Bye { exit_code } => {
+            c.phases.bye.get_or_insert(start.elapsed());
+            c.bye = Some(exit_code);
+            *bye_at = Some(Instant::now());
+        }
+        GuestMsg::Panic { text } => c.init_panic = Some(text.as_str().to_owned()),
+        GuestMsg::Log { level, text, .. } => {
+            tracing::info!("guest: {}", text.as_str());
+            if c.logs.len() < 10_000 {
+                c.logs.push((level, text.as_str().to_owned()));
+            }
+        }
+        // Telemetry is recorded by later stages; nothing to do for exec runs.
+        _ => {}
+    }
+}
+
+fn spawn_console_reader(mut r: Box<dyn Read + Send>, tx: mpsc::Sender<Event>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.send(Event::Console(buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = tx.send(Event::ConsoleClosed);
+    })
+}
+
+fn spawn_channel_reader(mut r: Box<dyn Read + Send>, tx: mpsc::Sender<Event>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut dec: FrameDecoder<GuestMsg> = FrameDecoder::new();
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let mut alive = true;
+                    dec.push(&buf[..n], |m| alive &= tx.send(Event::Msg(Box::new(m))).is_ok());
+                    if !alive {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = tx.send(Event::ChannelClosed(*dec.stats()));
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_keeps_a_bounded_tail_and_finds_panics() {
+        let mut c = Console::default();
+        let flood = vec![b'x'; CONSOLE_KEEP * 3];
+        c.push(&flood);
+        c.push(b"\n[ 1.0] Kernel panic - not syncing: Attempted to kill init!\n[ 1.0] ---[ end ]---\n");
+        assert_eq!(c.tail.len(), CONSOLE_KEEP);
+        assert!(c.total_bytes > 3 * CONSOLE_KEEP as u64);
+        let p = c.kernel_panic().unwrap();
+        assert!(p.starts_with("[ 1.0] Kernel panic - not syncing: Attempted to kill init!"), "{p}");
+        assert!(Console::default().kernel_panic().is_none());
+    }
+}

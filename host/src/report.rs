@@ -1,0 +1,166 @@
+//! Turning a run's outcome into what users see: a summary (terminal or JSON) and exit codes.
+
+use crate::backend::Backend;
+use crate::collect::End;
+use crate::kernel::Kernel;
+use crate::runner::{RunOutput, RunRequest};
+use ktstr_shared::wire::{EXIT_TIMED_OUT, Outcome};
+use serde::Serialize;
+
+/// Exit code when the guest kernel or init panicked, or the VM died without a result.
+pub const EXIT_GUEST_DIED: i32 = 255;
+/// Exit code when the run was interrupted (Ctrl-C).
+pub const EXIT_INTERRUPTED: i32 = crate::interrupt::EXIT_INTERRUPTED;
+
+/// What went wrong with a VM run, if anything, before looking at the command's own status.
+fn failure(out: &RunOutput) -> Option<(i32, String)> {
+    let c = &out.collected;
+    let console_tail = || c.console.last_lines(15);
+    if matches!(c.end, End::Interrupted) {
+        return Some((EXIT_INTERRUPTED, "interrupted; the VM was torn down".into()));
+    }
+    if let Some(p) = &c.init_panic {
+        return Some((EXIT_GUEST_DIED, format!("guest init failed: {p}")));
+    }
+    if let Some(p) = c.console.kernel_panic() {
+        return Some((EXIT_GUEST_DIED, format!("guest kernel panic:\n{p}")));
+    }
+    if let End::Timeout(t) = c.end
+        && c.result.is_none()
+    {
+        let msg = format!(
+            "timed out: the VM did not finish within {:.0} s; last console lines:\n{}",
+            t.as_secs_f64(),
+            console_tail()
+        );
+        return Some((EXIT_TIMED_OUT, msg));
+    }
+    if c.result.is_none() {
+        let how = match &c.end {
+            End::Exited(e) => format!(
+                "{}{}",
+                e.detail,
+                if e.stderr.is_empty() { String::new() } else { format!(": {}", e.stderr.trim()) }
+            ),
+            _ => String::new(),
+        };
+        let hello = if c.hello.is_some() { "after the init started" } else { "before the init said Hello" };
+        return Some((
+            EXIT_GUEST_DIED,
+            format!("the VM stopped {hello} without a result ({how}); last console lines:\n{}", console_tail()),
+        ));
+    }
+    None
+}
+
+/// `exec`'s exit code and an optional message for stderr.
+pub fn exec_status(out: &RunOutput) -> (i32, Option<String>) {
+    if let Some((code, msg)) = failure(out) {
+        return (code, Some(msg));
+    }
+    let r = out.collected.result.as_ref().expect("failure() checked the result");
+    let msg = match &r.outcome {
+        Outcome::TimedOut => Some("timed out: the command was killed at its deadline (--timeout)".to_string()),
+        Outcome::FailedToStart { reason } => {
+            Some(format!("the command could not start in the guest: {}", reason.as_str()))
+        }
+        Outcome::Signaled { signal } => Some(format!("the command was killed by signal {signal}")),
+        _ => None,
+    };
+    let truncated = r.stdout.truncated + r.stderr.truncated;
+    let msg = match (msg, truncated) {
+        (m, 0) => m,
+        (Some(m), t) => Some(format!("{m} ({t} output bytes beyond the limit were dropped)")),
+        (None, t) => Some(format!("{t} output bytes beyond the limit were dropped")),
+    };
+    (r.outcome.exit_code(), msg)
+}
+
+/// The result of `ktstr-host run`, for the terminal and `--json`.
+#[derive(Debug, Serialize)]
+pub struct RunSummary {
+    pub passed: bool,
+    pub kernel: String,
+    pub kernel_version: Option<String>,
+    pub backend: Backend,
+    pub topology: String,
+    pub memory_mib: u32,
+    pub guest_release: Option<String>,
+    pub guest_cpus: Option<u32>,
+    pub protocol_version: Option<u16>,
+    /// Seconds from machine start.
+    pub first_console_s: Option<f64>,
+    pub hello_s: Option<f64>,
+    pub result_s: Option<f64>,
+    pub stopped_s: Option<f64>,
+    /// The init's own clock (CLOCK_BOOTTIME): when it started and when it said Hello.
+    pub init_start_s: Option<f64>,
+    pub host_setup_ms: f64,
+    pub initrd_bytes: u64,
+    pub frames: u64,
+    pub frames_rejected: u64,
+    pub problem: Option<String>,
+}
+
+fn secs(d: Option<std::time::Duration>) -> Option<f64> {
+    d.map(|d| d.as_secs_f64())
+}
+
+impl RunSummary {
+    pub fn new(k: &Kernel, req: &RunRequest, out: &RunOutput) -> Self {
+        let c = &out.collected;
+        let problem = failure(out).map(|(_, m)| m).or_else(|| {
+            let r = c.result.as_ref()?;
+            (r.outcome.exit_code() != 0).then(|| format!("the default plan's command ended with {:?}", r.outcome))
+        });
+        RunSummary {
+            passed: problem.is_none() && c.hello.is_some(),
+            kernel: k.origin.clone(),
+            kernel_version: k.version.clone(),
+            backend: out.backend,
+            topology: req.topology.to_string(),
+            memory_mib: req.memory_mib,
+            guest_release: c.hello.as_ref().map(|h| h.kernel_release.as_str().to_owned()),
+            guest_cpus: c.hello.as_ref().map(|h| h.nr_cpus),
+            protocol_version: c.hello.as_ref().map(|h| h.version),
+            first_console_s: secs(c.phases.first_console_byte),
+            hello_s: secs(c.phases.hello),
+            result_s: secs(c.phases.result),
+            stopped_s: secs(c.phases.stopped),
+            init_start_s: c.hello.as_ref().map(|h| h.init_start_ns as f64 / 1e9),
+            host_setup_ms: out.setup.as_secs_f64() * 1e3,
+            initrd_bytes: out.initrd_bytes,
+            frames: c.decode.frames,
+            frames_rejected: c.decode.rejected(),
+            problem,
+        }
+    }
+
+    pub fn print(&self) {
+        let s = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2} s"));
+        println!("kernel     {} ({})", self.kernel_version.as_deref().unwrap_or("?"), self.kernel);
+        println!("backend    {}   topology {}   memory {} MiB", self.backend, self.topology, self.memory_mib);
+        if let Some(rel) = &self.guest_release {
+            println!(
+                "guest      Linux {rel}, {} CPUs, protocol v{}",
+                self.guest_cpus.unwrap_or(0),
+                self.protocol_version.unwrap_or(0)
+            );
+        }
+        println!(
+            "timeline   host setup {:.1} ms | console {} | init started {} (guest clock) | Hello {} | result {} | stopped {}",
+            self.host_setup_ms,
+            s(self.first_console_s),
+            s(self.init_start_s),
+            s(self.hello_s),
+            s(self.result_s),
+            s(self.stopped_s)
+        );
+        println!("channel    {} frames, {} rejected", self.frames, self.frames_rejected);
+        match (&self.problem, self.passed) {
+            (None, true) => println!("result     PASS"),
+            (Some(p), _) => println!("result     FAIL: {p}"),
+            (None, false) => println!("result     FAIL: no Hello from the guest"),
+        }
+    }
+}

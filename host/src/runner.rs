@@ -1,0 +1,160 @@
+//! One VM run: initramfs (cached base + per-run plan), boot on the chosen backend,
+//! supervise, and hand back what was collected.
+
+use crate::backend::{self, Backend, Machine, VmSpec};
+use crate::collect::{self, Collected};
+use crate::image::{self, InitramfsBuilder};
+use crate::init_binary::KTSTR_INIT;
+use crate::kernel::{Kernel, cache::Cache};
+use anyhow::{Context, Result, bail};
+use ktstr_shared::plan::RunPlan;
+use ktstr_shared::topology::Topology;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Everything needed to boot one VM.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub kernel: Kernel,
+    pub backend: Backend,
+    pub topology: Topology,
+    pub memory_mib: u32,
+    pub plan: RunPlan,
+    /// Host files to carry into the guest at the same path, with their library closures.
+    pub binaries: Vec<PathBuf>,
+    pub console: bool,
+    pub stream_output: bool,
+}
+
+/// The outcome of one VM run.
+#[derive(Debug)]
+pub struct RunOutput {
+    pub backend: Backend,
+    pub collected: Collected,
+    /// Host-side setup before the machine started (initramfs, spawn).
+    pub setup: Duration,
+    pub initrd_bytes: u64,
+    /// The hard timeout that applied to the whole VM.
+    pub timeout: Duration,
+}
+
+/// Time the guest gets beyond the plan's own deadline: boot and teardown under emulation.
+fn boot_allowance(t: &Topology, backend: Backend) -> Duration {
+    let per_cpu = match backend {
+        Backend::Qemu(backend::Accel::Tcg) => 250,
+        _ => 20,
+    };
+    Duration::from_secs(30) + Duration::from_millis(u64::from(t.cpus()) * per_cpu)
+}
+
+/// The kernel command line for a run.
+pub fn cmdline(console: bool) -> String {
+    let verbosity = if console { "loglevel=7" } else { "quiet loglevel=1" };
+    format!("console=ttyS0 rdinit=/init panic=-1 {verbosity} random.trust_cpu=on")
+}
+
+/// Base initramfs (cached by content) plus the plan, written into `dir`.
+pub fn initramfs(cache: &Cache, plan: &RunPlan, binaries: &[PathBuf], dir: &Path) -> Result<PathBuf> {
+    let mut base = InitramfsBuilder::new();
+    base.add_bytes("/init", KTSTR_INIT.to_vec(), 0o755)?;
+    for dir in ["/dev", "/proc", "/sys", "/tmp", "/ktstr"] {
+        base.add_dir(dir, 0o755)?;
+    }
+    for bin in binaries {
+        let guest = bin.to_str().with_context(|| format!("{}: not a UTF-8 path", bin.display()))?;
+        base.add_binary(bin, guest)?;
+    }
+    let base_path = image::cache_base(&base, &cache.work_dir().join("initramfs"))?;
+    let mut suffix = InitramfsBuilder::new();
+    suffix.add_bytes(
+        ktstr_shared::plan::PLAN_PATH,
+        plan.to_bytes().map_err(|e| anyhow::anyhow!("run plan: {e}"))?,
+        0o644,
+    )?;
+    let out = dir.join("initrd.cpio");
+    image::write_concat(&base_path, &suffix, &out)?;
+    Ok(out)
+}
+
+/// Boots, supervises and tears down one VM.
+pub fn run(cache: &Cache, req: &RunRequest) -> Result<RunOutput> {
+    let t0 = Instant::now();
+    let dir = tempfile::Builder::new().prefix("ktstr-run-").tempdir().context("creating a temp dir for the run")?;
+    let initrd = initramfs(cache, &req.plan, &req.binaries, dir.path())?;
+    let initrd_bytes = std::fs::metadata(&initrd)?.len();
+    let timeout = Duration::from_millis(u64::from(req.plan.deadline_ms)) + boot_allowance(&req.topology, req.backend);
+    let spec = VmSpec {
+        kernel: req.kernel.image.clone(),
+        initrd,
+        cmdline: cmdline(req.console),
+        topology: req.topology,
+        memory_mib: req.memory_mib,
+        timeout,
+    };
+    let mut machine: Box<dyn Machine> = match req.backend {
+        Backend::Qemu(accel) => Box::new(backend::qemu::Qemu::start(&spec, accel, dir.path())?),
+        Backend::Kvm => bail!("the KVM micro-VMM backend is not wired into runs yet; use --backend qemu"),
+    };
+    let setup = t0.elapsed();
+    let opts = collect::Options { echo_console: req.console, stream_output: req.stream_output };
+    let collected = collect::supervise(machine.as_mut(), timeout, opts);
+    machine.kill();
+    Ok(RunOutput { backend: req.backend, collected, setup, initrd_bytes, timeout })
+}
+
+/// Finds `cmd` the way a shell would: a path as given, else on the host's PATH.
+pub fn find_program(cmd: &str) -> Result<PathBuf> {
+    if cmd.contains('/') {
+        let p = PathBuf::from(cmd);
+        let abs = std::fs::canonicalize(&p).with_context(|| format!("{cmd}: no such file on the host"))?;
+        return Ok(if p.is_absolute() { p } else { abs });
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(cmd))
+        .find(|p| p.is_file())
+        .with_context(|| format!("{cmd}: not found on the host PATH; the guest holds only what ktstr copies into it"))
+}
+
+/// The host files a command needs in the guest: the program and, for a `#!` script, its interpreter.
+pub fn program_files(program: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = vec![program.to_path_buf()];
+    let head = std::fs::read(program).with_context(|| format!("reading {}", program.display()))?;
+    if let Some(line) = head.strip_prefix(b"#!") {
+        let line = String::from_utf8_lossy(line.split(|&b| b == b'\n').next().unwrap_or_default()).into_owned();
+        if let Some(interp) = line.split_whitespace().next() {
+            files.push(PathBuf::from(interp));
+        }
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_and_script_interpreters_are_found() {
+        let sh = find_program("sh").unwrap();
+        assert!(sh.is_absolute());
+        assert!(find_program("no-such-program-ktstr").unwrap_err().to_string().contains("not found on the host PATH"));
+        let d = tempfile::tempdir().unwrap();
+        let script = d.path().join("s");
+        std::fs::write(&script, "#!/bin/sh -e\necho hi\n").unwrap();
+        assert_eq!(program_files(&script).unwrap(), [script.clone(), PathBuf::from("/bin/sh")]);
+    }
+
+    #[test]
+    fn initramfs_holds_init_and_plan() {
+        let cache_dir = tempfile::tempdir().unwrap();
+        let cache = Cache::at(cache_dir.path().into());
+        let d = tempfile::tempdir().unwrap();
+        let plan = RunPlan::new(1000);
+        let out = initramfs(&cache, &plan, &[PathBuf::from("/bin/true")], d.path()).unwrap();
+        let bytes = std::fs::read(out).unwrap();
+        let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"ktstr/plan") && has(b"bin/true") && has(b"libc.so.6"));
+        // The init is the embedded static binary.
+        assert!(KTSTR_INIT.starts_with(b"\x7fELF"));
+    }
+}
