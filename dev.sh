@@ -10,7 +10,7 @@ cd "$(dirname "$0")"
 # QEMU (the backend that runs everywhere), clang/llvm 19 (BPF schedulers).
 PACKAGES=(
   build-essential bc flex bison libelf-dev libssl-dev dwarves perl
-  cpio xz-utils lz4 zstd git ca-certificates
+  cpio xz-utils lz4 zstd git ca-certificates busybox-static
   linux-source-6.12 qemu-system-x86 clang-19 llvm-19
 )
 

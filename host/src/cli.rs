@@ -3,7 +3,7 @@
 use crate::backend::{self, Backend, BackendChoice};
 use crate::kernel::{self, cache::Cache, kconfig::Flavour, source::SourceSpec};
 use crate::report;
-use crate::runner::{self, RunRequest};
+use crate::runner::{self, GuestFile, RunRequest};
 use anyhow::{Context, Result, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use ktstr_shared::plan::{ExecPlan, RunPlan};
@@ -92,6 +92,13 @@ pub struct ExecArgs {
     /// Seconds the command may run before it is killed (exit 124)
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=86400))]
     pub timeout: u32,
+    /// Carry a host file or directory into the guest: HOST[:GUEST] (default /include/NAME);
+    /// ELF binaries bring their shared libraries
+    #[arg(short, long = "include", value_name = "HOST[:GUEST]")]
+    pub include: Vec<String>,
+    /// Set an environment variable for the command: KEY=VALUE
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
     /// Command and arguments to run in the guest
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -194,14 +201,14 @@ fn prepare(vm: &VmArgs) -> Result<(Cache, kernel::Kernel, Backend)> {
     Ok((cache, k, backend))
 }
 
-fn request(vm: &VmArgs, k: kernel::Kernel, backend: Backend, plan: RunPlan, binaries: Vec<PathBuf>) -> RunRequest {
+fn request(vm: &VmArgs, k: kernel::Kernel, backend: Backend, plan: RunPlan, files: Vec<GuestFile>) -> RunRequest {
     RunRequest {
         kernel: k,
         backend,
         topology: vm.topology,
         memory_mib: vm.memory,
         plan,
-        binaries,
+        files,
         console: vm.console,
         stream_output: false,
     }
@@ -223,16 +230,38 @@ fn run(args: RunArgs) -> Result<i32> {
     Ok(if summary.passed { 0 } else { 1 })
 }
 
+/// The command's PATH: the user's, else the default one, with the busybox applets last.
+fn with_userland_path(mut env: Vec<(String, String)>) -> Vec<(String, String)> {
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        let path = format!("{}:{}", ktstr_shared::plan::DEFAULT_PATH, runner::USERLAND_BIN);
+        env.push(("PATH".into(), path));
+    }
+    env
+}
+
 fn exec(args: ExecArgs) -> Result<i32> {
     let program = runner::find_program(&args.command[0])?;
-    let binaries = runner::program_files(&program)?;
+    let mut files = runner::program_files(&program)?;
+    for spec in &args.include {
+        files.push(GuestFile::parse(spec)?);
+    }
+    let env = args
+        .env
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => bail!("--env {kv}: expected KEY=VALUE"),
+        })
+        .collect::<Result<Vec<_>>>()?;
     let (cache, k, backend) = prepare(&args.vm)?;
     let mut argv = args.command.clone();
     argv[0] = program.display().to_string();
     let mut plan = RunPlan::new(args.timeout.saturating_mul(1000));
     plan.console_quiet = !args.vm.console;
-    plan.exec = Some(ExecPlan::new(argv));
-    let mut req = request(&args.vm, k, backend, plan, binaries);
+    let mut exec = ExecPlan::new(argv);
+    exec.env = with_userland_path(env);
+    plan.exec = Some(exec);
+    let mut req = request(&args.vm, k, backend, plan, files);
     req.stream_output = true;
     let out = runner::run(&cache, &req)?;
     let (code, message) = report::exec_status(&out);

@@ -95,6 +95,8 @@ pub struct RunSummary {
     pub stopped_s: Option<f64>,
     /// The init's own clock (CLOCK_BOOTTIME): when it started and when it said Hello.
     pub init_start_s: Option<f64>,
+    /// The init's own start-to-Hello time (mounts, plan, tty), in ms.
+    pub init_to_hello_ms: Option<f64>,
     pub host_setup_ms: f64,
     pub initrd_bytes: u64,
     pub frames: u64,
@@ -128,6 +130,7 @@ impl RunSummary {
             result_s: secs(c.phases.result),
             stopped_s: secs(c.phases.stopped),
             init_start_s: c.hello.as_ref().map(|h| h.init_start_ns as f64 / 1e9),
+            init_to_hello_ms: c.hello.as_ref().map(|h| h.hello_ns.saturating_sub(h.init_start_ns) as f64 / 1e6),
             host_setup_ms: out.setup.as_secs_f64() * 1e3,
             initrd_bytes: out.initrd_bytes,
             frames: c.decode.frames,

@@ -20,10 +20,57 @@ pub struct RunRequest {
     pub topology: Topology,
     pub memory_mib: u32,
     pub plan: RunPlan,
-    /// Host files to carry into the guest at the same path, with their library closures.
-    pub binaries: Vec<PathBuf>,
+    /// Host files to carry into the guest, ELF ones with their library closures.
+    pub files: Vec<GuestFile>,
     pub console: bool,
     pub stream_output: bool,
+}
+
+/// A host file (or directory, recursively) and where it goes in the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFile {
+    pub host: PathBuf,
+    pub guest: String,
+}
+
+impl GuestFile {
+    /// The file at the same path in the guest.
+    pub fn same_path(host: PathBuf) -> Result<Self> {
+        let guest = host.to_str().with_context(|| format!("{}: not a UTF-8 path", host.display()))?.to_string();
+        Ok(GuestFile { host, guest })
+    }
+
+    /// `HOST[:GUEST]`; GUEST defaults to `/include/<file name>`.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let (host, guest) = match spec.split_once(':') {
+            Some((h, g)) => (h, g.to_string()),
+            None => {
+                let name = Path::new(spec).file_name().with_context(|| format!("--include {spec}: no file name"))?;
+                (spec, format!("/include/{}", name.to_string_lossy()))
+            }
+        };
+        if !guest.starts_with('/') {
+            bail!("--include {spec}: the guest path {guest} must be absolute");
+        }
+        let host = PathBuf::from(host);
+        if !host.exists() {
+            bail!("--include {spec}: {} does not exist on the host", host.display());
+        }
+        Ok(GuestFile { host, guest })
+    }
+}
+
+fn add_file(base: &mut InitramfsBuilder, f: &GuestFile) -> Result<()> {
+    if f.host.is_dir() {
+        for entry in std::fs::read_dir(&f.host).with_context(|| format!("reading {}", f.host.display()))? {
+            let entry = entry?;
+            let guest = format!("{}/{}", f.guest.trim_end_matches('/'), entry.file_name().to_string_lossy());
+            add_file(base, &GuestFile { host: entry.path(), guest })?;
+        }
+        return Ok(());
+    }
+    base.add_binary(&f.host, &f.guest)?;
+    Ok(())
 }
 
 /// The outcome of one VM run.
@@ -53,16 +100,37 @@ pub fn cmdline(console: bool) -> String {
     format!("console=ttyS0 rdinit=/init panic=-1 {verbosity} random.trust_cpu=on")
 }
 
+/// Where a basic userland (busybox applets) lives in the guest; appended to the command's PATH.
+pub const USERLAND_BIN: &str = "/ktstr/bin";
+const BUSYBOX: &str = "/bin/busybox";
+
+/// Adds the host's static busybox and its applet links under [`USERLAND_BIN`], so shell
+/// one-liners find `head`, `nproc`, `grep`... Skipped (with a debug log) when it is absent.
+fn add_userland(base: &mut InitramfsBuilder) -> Result<()> {
+    let Ok(list) = std::process::Command::new(BUSYBOX).arg("--list").output() else {
+        tracing::debug!("{BUSYBOX} not found: the guest has no basic userland (apt-get install busybox-static)");
+        return Ok(());
+    };
+    let target = format!("{USERLAND_BIN}/busybox");
+    base.add_binary(BUSYBOX, &target)?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines().filter(|a| !a.is_empty() && !a.contains('/')) {
+        if applet != "busybox" {
+            base.add_symlink(&format!("{USERLAND_BIN}/{applet}"), &target)?;
+        }
+    }
+    Ok(())
+}
+
 /// Base initramfs (cached by content) plus the plan, written into `dir`.
-pub fn initramfs(cache: &Cache, plan: &RunPlan, binaries: &[PathBuf], dir: &Path) -> Result<PathBuf> {
+pub fn initramfs(cache: &Cache, plan: &RunPlan, files: &[GuestFile], dir: &Path) -> Result<PathBuf> {
     let mut base = InitramfsBuilder::new();
     base.add_bytes("/init", KTSTR_INIT.to_vec(), 0o755)?;
     for dir in ["/dev", "/proc", "/sys", "/tmp", "/ktstr"] {
         base.add_dir(dir, 0o755)?;
     }
-    for bin in binaries {
-        let guest = bin.to_str().with_context(|| format!("{}: not a UTF-8 path", bin.display()))?;
-        base.add_binary(bin, guest)?;
+    add_userland(&mut base)?;
+    for f in files {
+        add_file(&mut base, f)?;
     }
     let base_path = image::cache_base(&base, &cache.work_dir().join("initramfs"))?;
     let mut suffix = InitramfsBuilder::new();
@@ -80,7 +148,7 @@ pub fn initramfs(cache: &Cache, plan: &RunPlan, binaries: &[PathBuf], dir: &Path
 pub fn run(cache: &Cache, req: &RunRequest) -> Result<RunOutput> {
     let t0 = Instant::now();
     let dir = tempfile::Builder::new().prefix("ktstr-run-").tempdir().context("creating a temp dir for the run")?;
-    let initrd = initramfs(cache, &req.plan, &req.binaries, dir.path())?;
+    let initrd = initramfs(cache, &req.plan, &req.files, dir.path())?;
     let initrd_bytes = std::fs::metadata(&initrd)?.len();
     let timeout = Duration::from_millis(u64::from(req.plan.deadline_ms)) + boot_allowance(&req.topology, req.backend);
     let spec = VmSpec {
@@ -117,13 +185,13 @@ pub fn find_program(cmd: &str) -> Result<PathBuf> {
 }
 
 /// The host files a command needs in the guest: the program and, for a `#!` script, its interpreter.
-pub fn program_files(program: &Path) -> Result<Vec<PathBuf>> {
-    let mut files = vec![program.to_path_buf()];
+pub fn program_files(program: &Path) -> Result<Vec<GuestFile>> {
+    let mut files = vec![GuestFile::same_path(program.to_path_buf())?];
     let head = std::fs::read(program).with_context(|| format!("reading {}", program.display()))?;
     if let Some(line) = head.strip_prefix(b"#!") {
         let line = String::from_utf8_lossy(line.split(|&b| b == b'\n').next().unwrap_or_default()).into_owned();
         if let Some(interp) = line.split_whitespace().next() {
-            files.push(PathBuf::from(interp));
+            files.push(GuestFile::same_path(PathBuf::from(interp))?);
         }
     }
     Ok(files)
@@ -141,7 +209,17 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let script = d.path().join("s");
         std::fs::write(&script, "#!/bin/sh -e\necho hi\n").unwrap();
-        assert_eq!(program_files(&script).unwrap(), [script.clone(), PathBuf::from("/bin/sh")]);
+        let files: Vec<PathBuf> = program_files(&script).unwrap().into_iter().map(|f| f.host).collect();
+        assert_eq!(files, [script.clone(), PathBuf::from("/bin/sh")]);
+    }
+
+    #[test]
+    fn include_specs() {
+        let f = GuestFile::parse("/bin/sh").unwrap();
+        assert_eq!(f.guest, "/include/sh");
+        assert_eq!(GuestFile::parse("/bin/sh:/x/y").unwrap().guest, "/x/y");
+        assert!(GuestFile::parse("/bin/sh:relative").unwrap_err().to_string().contains("absolute"));
+        assert!(GuestFile::parse("/no/such/file").unwrap_err().to_string().contains("does not exist"));
     }
 
     #[test]
@@ -150,10 +228,17 @@ mod tests {
         let cache = Cache::at(cache_dir.path().into());
         let d = tempfile::tempdir().unwrap();
         let plan = RunPlan::new(1000);
-        let out = initramfs(&cache, &plan, &[PathBuf::from("/bin/true")], d.path()).unwrap();
+        let inc = d.path().join("data");
+        std::fs::create_dir_all(inc.join("sub")).unwrap();
+        std::fs::write(inc.join("sub/file.txt"), "x").unwrap();
+        let files = [
+            GuestFile::same_path(PathBuf::from("/bin/true")).unwrap(),
+            GuestFile::parse(&format!("{}:/opt/data", inc.display())).unwrap(),
+        ];
+        let out = initramfs(&cache, &plan, &files, d.path()).unwrap();
         let bytes = std::fs::read(out).unwrap();
         let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
-        assert!(has(b"ktstr/plan") && has(b"bin/true") && has(b"libc.so.6"));
+        assert!(has(b"ktstr/plan") && has(b"bin/true") && has(b"libc.so.6") && has(b"opt/data/sub/file.txt"));
         // The init is the embedded static binary.
         assert!(KTSTR_INIT.starts_with(b"\x7fELF"));
     }

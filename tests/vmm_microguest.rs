@@ -1,0 +1,433 @@
+//! Ring-0 micro-guests on this machine's own /dev/kvm (PVM on the project's machines, hardware
+//! KVM elsewhere). Each guest is a few instructions assembled here with iced-x86 and entered in
+//! long mode through the same setup path the VMM uses for kernels; each test asserts what the
+//! host sees. Guest code sticks to mov/out/in/loop/hlt-style instructions: PVM's emulator
+//! cannot run some others (see ../shared/notes/environment.md).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use iced_x86::code_asm::*;
+use ktstr_host::vmm::{
+    ApStart, KvmFlavour, MILESTONE_PORT, Payload, RecvError, Vm, VmConfig, VmError, VmExit, VmOutcome, detect,
+};
+
+const CODE: u64 = 0x10_0000;
+/// Scratch data for guests (counters), well away from the code.
+const DATA: u64 = 0x20_0000;
+const COM1: u32 = 0x3f8;
+const COM2: u32 = 0x2f8;
+
+/// The reason to skip, if this host has no usable KVM.
+fn no_kvm() -> Option<String> {
+    match detect() {
+        KvmFlavour::Unavailable(why) => Some(why),
+        _ => None,
+    }
+}
+
+macro_rules! require_kvm {
+    () => {
+        if let Some(why) = no_kvm() {
+            println!("skipped: {why}");
+            return;
+        }
+    };
+}
+
+type Asm = CodeAssembler;
+
+fn assemble(at: u64, body: impl FnOnce(&mut Asm) -> Result<(), IcedError>) -> Vec<u8> {
+    let mut a = Asm::new(64).unwrap();
+    body(&mut a).unwrap();
+    a.assemble(at).unwrap()
+}
+
+/// out `port`, each byte (no LSR polling: the emulated THR is always empty).
+fn put(a: &mut Asm, port: u32, bytes: &[u8]) -> Result<(), IcedError> {
+    a.mov(dx, port)?;
+    for &b in bytes {
+        a.mov(al, b as u32)?;
+        a.out(dx, al)?;
+    }
+    Ok(())
+}
+
+/// i8042 "pulse reset", then park in case the VMM ignored it.
+fn reset(a: &mut Asm) -> Result<(), IcedError> {
+    a.mov(al, 0xfe)?;
+    a.out(0x64, al)?;
+    park(a)
+}
+
+/// Interrupts off, halt forever.
+fn park(a: &mut Asm) -> Result<(), IcedError> {
+    let mut l = a.create_label();
+    a.cli()?;
+    a.set_label(&mut l)?;
+    a.hlt()?;
+    a.jmp(l)
+}
+
+fn config(code: Vec<u8>) -> VmConfig {
+    let mut c = VmConfig::raw_code(CODE, code);
+    c.memory_mib = 64;
+    c.timeout = Duration::from_secs(30);
+    c
+}
+
+fn run(config: VmConfig) -> VmOutcome {
+    Vm::new(config).expect("VM setup").run().expect("VM run")
+}
+
+fn drain(com2: &ktstr_host::vmm::Com2) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Ok(bytes) = com2.recv(Duration::ZERO) {
+        out.extend(bytes);
+    }
+    out
+}
+
+#[test]
+fn writes_reach_com1_console_and_com2_stream() {
+    require_kvm!();
+    let code = assemble(CODE, |a| {
+        a.mov(dx, MILESTONE_PORT as u32)?;
+        a.mov(eax, 1)?;
+        a.out(dx, eax)?;
+        put(a, COM1, b"hello\n")?;
+        put(a, COM2, &[0x00, 0x01, 0x7f, 0xfe, 0xff, b'K'])?;
+        a.mov(dx, MILESTONE_PORT as u32)?;
+        a.mov(eax, 2)?;
+        a.out(dx, eax)?;
+        reset(a)
+    });
+    let vm = Vm::new(config(code)).unwrap();
+    let com2 = vm.com2();
+    let out = vm.run().unwrap();
+    assert_eq!(out.exit, VmExit::Reset, "{out:?}");
+    assert_eq!(out.console.text(), "hello\n");
+    assert_eq!(out.console.total_bytes, 6);
+    assert_eq!(drain(&com2), [0x00, 0x01, 0x7f, 0xfe, 0xff, b'K']);
+    assert_eq!(out.com2_bytes, 6);
+    let codes: Vec<u32> = out.milestones.iter().map(|m| m.0).collect();
+    assert_eq!(codes, [1, 2]);
+    assert!(out.milestones[0].1 <= out.milestones[1].1);
+    // Every phase present, in the order a boot goes through them.
+    let order = [
+        "vm_created",
+        "memory_ready",
+        "kernel_loaded",
+        "vcpus_ready",
+        "first_kvm_run",
+        "first_console_byte",
+        "first_com2_byte",
+        "exit",
+        "teardown",
+    ];
+    let times: Vec<Duration> =
+        order.iter().map(|p| out.phase(p).unwrap_or_else(|| panic!("phase {p} missing: {:?}", out.phases))).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{:?}", out.phases);
+    assert!(out.milestones[0].1 >= out.phase("first_kvm_run").unwrap());
+    // The guest touched nothing but its devices.
+    assert_eq!(out.unhandled, Default::default());
+}
+
+#[test]
+fn com2_echoes_bytes_the_host_injects() {
+    require_kvm!();
+    let code = assemble(CODE, |a| {
+        put(a, COM2, b"R")?;
+        let mut wait = a.create_label();
+        let mut done = a.create_label();
+        a.set_label(&mut wait)?;
+        a.mov(dx, COM2 + 5)?; // LSR
+        a.in_(al, dx)?;
+        a.test(al, 1)?; // data ready
+        a.jz(wait)?;
+        a.mov(dx, COM2)?;
+        a.in_(al, dx)?;
+        a.out(dx, al)?;
+        a.cmp(al, b'\n' as i32)?;
+        a.je(done)?;
+        a.jmp(wait)?;
+        a.set_label(&mut done)?;
+        reset(a)
+    });
+    let vm = Vm::new(config(code)).unwrap();
+    let com2 = vm.com2();
+    let host = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !got.ends_with(b"\n") && Instant::now() < deadline {
+            match com2.recv(Duration::from_secs(1)) {
+                Ok(bytes) => {
+                    if got.is_empty() && bytes.first() == Some(&b'R') {
+                        // More than one FIFO's worth (64 bytes) to exercise the refill path.
+                        let mut msg = b"ping:".repeat(20);
+                        msg.push(b'\n');
+                        com2.send(&msg);
+                    }
+                    got.extend(bytes);
+                }
+                Err(RecvError::Timeout) => {}
+                Err(RecvError::Closed) => break,
+            }
+        }
+        got
+    });
+    let out = vm.run().unwrap();
+    let got = host.join().unwrap();
+    assert_eq!(out.exit, VmExit::Reset, "{out:?}");
+    let mut want = b"R".to_vec();
+    want.extend(b"ping:".repeat(20));
+    want.push(b'\n');
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want));
+}
+
+/// Every vCPU reports (its index << 4 | CPUID leaf 1 EBX[31:24]) on COM2; the BSP waits until
+/// all have checked in, then resets.
+fn cpuid_report(vcpus: u32) -> Vec<u8> {
+    assemble(CODE, |a| {
+        a.mov(eax, 1)?;
+        a.cpuid()?;
+        a.shr(ebx, 24)?;
+        a.mov(eax, edi)?; // RDI = vCPU index (ApStart::Runnable)
+        a.shl(eax, 4)?;
+        a.or(eax, ebx)?;
+        a.mov(dx, COM2)?;
+        a.out(dx, al)?;
+        a.mov(rbx, DATA)?;
+        a.lock().inc(dword_ptr(rbx))?;
+        let mut ap = a.create_label();
+        let mut wait = a.create_label();
+        a.test(edi, edi)?;
+        a.jnz(ap)?;
+        a.set_label(&mut wait)?;
+        a.cmp(dword_ptr(rbx), vcpus as i32)?;
+        a.jne(wait)?;
+        reset(a)?;
+        a.set_label(&mut ap)?;
+        park(a)
+    })
+}
+
+#[test]
+fn each_vcpu_sees_its_own_apic_id_in_cpuid() {
+    require_kvm!();
+    let vcpus = 4;
+    let mut c = config(cpuid_report(vcpus));
+    c.vcpus = vcpus;
+    c.ap_start = ApStart::Runnable;
+    let vm = Vm::new(c).unwrap();
+    let com2 = vm.com2();
+    let out = vm.run().unwrap();
+    assert_eq!(out.exit, VmExit::Reset, "{out:?}");
+    let mut got = drain(&com2);
+    got.sort();
+    assert_eq!(got, [0x00, 0x11, 0x22, 0x33]);
+}
+
+#[test]
+fn i8042_reset_is_a_clean_exit() {
+    require_kvm!();
+    let out = run(config(assemble(CODE, reset)));
+    assert_eq!(out.exit, VmExit::Reset);
+    assert!(out.exit.is_clean());
+    assert_eq!(out.console.total_bytes, 0);
+}
+
+#[test]
+fn watchdog_stops_a_guest_halted_with_interrupts_off() {
+    require_kvm!();
+    let mut c = config(assemble(CODE, park));
+    c.timeout = Duration::from_millis(300);
+    let start = Instant::now();
+    let out = run(c);
+    assert_eq!(out.exit, VmExit::Timeout);
+    let exit = out.phase("exit").unwrap();
+    let teardown = out.phase("teardown").unwrap();
+    assert!(teardown - exit < Duration::from_secs(5), "{:?}", out.phases);
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn watchdog_stops_a_spinning_guest() {
+    require_kvm!();
+    let code = assemble(CODE, |a| {
+        let mut l = a.create_label();
+        a.set_label(&mut l)?;
+        a.jmp(l)
+    });
+    let mut c = config(code);
+    c.timeout = Duration::from_millis(300);
+    let start = Instant::now();
+    let out = run(c);
+    assert_eq!(out.exit, VmExit::Timeout);
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn ud2_with_an_empty_idt_is_a_triple_fault_with_registers() {
+    require_kvm!();
+    let code = assemble(CODE, |a| {
+        a.mov(eax, 0x1234_5678)?;
+        a.ud2()
+    });
+    let out = run(config(code));
+    match &out.exit {
+        VmExit::TripleFault { regs: Some(regs) } => {
+            assert_eq!(regs.rax, 0x1234_5678, "{regs}");
+            assert_eq!(regs.rip, CODE + 5, "rip at the ud2: {regs}");
+            assert_eq!(regs.cs, 0x10);
+        }
+        other => panic!("expected a triple fault, got {other:?}"),
+    }
+}
+
+#[test]
+fn unmapped_mmio_and_ports_read_all_ones_and_are_counted() {
+    require_kvm!();
+    let hole: u64 = 0xd000_0000;
+    let code = assemble(CODE, |a| {
+        a.mov(rbx, hole)?;
+        a.mov(eax, dword_ptr(rbx))?;
+        a.mov(dx, COM2)?;
+        for _ in 0..4 {
+            a.out(dx, al)?;
+            a.shr(eax, 8)?;
+        }
+        a.mov(dword_ptr(rbx + 0x10), eax)?;
+        a.in_(al, 0x70)?; // CMOS: no device
+        a.mov(dx, COM2)?;
+        a.out(dx, al)?;
+        reset(a)
+    });
+    let vm = Vm::new(config(code)).unwrap();
+    let com2 = vm.com2();
+    let out = vm.run().unwrap();
+    assert_eq!(out.exit, VmExit::Reset, "{out:?}");
+    assert_eq!(drain(&com2), [0xff; 5]);
+    let u = &out.unhandled;
+    assert_eq!((u.mmio_reads, u.mmio_writes, u.pio_reads), (1, 1, 1), "{u:?}");
+    let addrs: Vec<u64> = u.samples.iter().map(|s| s.addr).collect();
+    assert_eq!(addrs, [hole, hole + 0x10, 0x70]);
+}
+
+#[test]
+fn a_console_flood_keeps_only_the_tail() {
+    require_kvm!();
+    let n: u32 = 64 * 1024;
+    let code = assemble(CODE, |a| {
+        let mut l = a.create_label();
+        a.mov(dx, COM1)?;
+        a.mov(ecx, n)?;
+        a.set_label(&mut l)?;
+        a.mov(al, cl)?;
+        a.out(dx, al)?;
+        a.dec(ecx)?;
+        a.jnz(l)?;
+        reset(a)
+    });
+    let mut c = config(code);
+    c.console_capacity = 1024;
+    let out = run(c);
+    assert_eq!(out.exit, VmExit::Reset);
+    assert_eq!(out.console.total_bytes, u64::from(n));
+    assert_eq!(out.console.tail.len(), 1024);
+    assert!(out.console.truncated());
+    // The last byte written was (ecx = 1) as u8.
+    assert_eq!(out.console.tail.last(), Some(&1));
+}
+
+#[test]
+fn stopper_interrupts_a_running_guest() {
+    require_kvm!();
+    let mut c = config(assemble(CODE, park));
+    c.timeout = Duration::from_secs(60);
+    let vm = Vm::new(c).unwrap();
+    let stopper = vm.stopper();
+    stopper.stop();
+    let start = Instant::now();
+    let out = vm.run().unwrap();
+    assert_eq!(out.exit, VmExit::Interrupted);
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn bad_inputs_are_refused_with_clear_errors() {
+    require_kvm!();
+    let code = assemble(CODE, reset);
+    let mut c = config(code.clone());
+    c.memory_mib = 0;
+    let err = Vm::new(c).err().unwrap();
+    assert!(matches!(err, VmError::MemorySize { mib: 0, .. }), "{err}");
+
+    let mut c = config(code.clone());
+    c.vcpus = 100_000;
+    let err = Vm::new(c).err().unwrap().to_string();
+    assert!(err.contains("KVM_CAP_MAX_VCPUS"), "{err}");
+
+    let mut c = config(code.clone());
+    c.vcpus = 0;
+    assert!(Vm::new(c).is_err());
+
+    // Code over the VMM's boot tables.
+    let mut c = config(code);
+    c.payload = Payload::Raw { segments: vec![(0x7000, vec![0xf4])], entry: 0x7000 };
+    let err = Vm::new(c).err().unwrap().to_string();
+    assert!(err.contains("0x7000"), "{err}");
+}
+
+/// A minimal x86-64 ELF whose single PT_LOAD wants `memsz` bytes at 16 MiB.
+fn fake_elf(memsz: u64) -> Vec<u8> {
+    let mut f = vec![0u8; 0x1000];
+    f[..4].copy_from_slice(b"\x7fELF");
+    f[4] = 2; // 64-bit
+    f[5] = 1; // little endian
+    f[6] = 1;
+    f[16] = 2; // ET_EXEC
+    f[18] = 62; // x86-64
+    f[20] = 1;
+    f[24..32].copy_from_slice(&0x100_0000u64.to_le_bytes()); // entry
+    f[32..40].copy_from_slice(&64u64.to_le_bytes()); // phoff
+    f[52] = 64; // ehsize
+    f[54] = 56; // phentsize
+    f[56] = 1; // phnum
+    let ph = &mut f[64..120];
+    ph[0] = 1; // PT_LOAD
+    ph[4] = 5; // R+X
+    ph[8..16].copy_from_slice(&0x800u64.to_le_bytes()); // offset
+    ph[16..24].copy_from_slice(&0xffff_ffff_8100_0000u64.to_le_bytes());
+    ph[24..32].copy_from_slice(&0x100_0000u64.to_le_bytes()); // paddr
+    ph[32..40].copy_from_slice(&0x10u64.to_le_bytes()); // filesz
+    ph[40..48].copy_from_slice(&memsz.to_le_bytes());
+    ph[48..56].copy_from_slice(&0x20_0000u64.to_le_bytes());
+    f
+}
+
+#[test]
+fn a_kernel_larger_than_memory_is_refused() {
+    require_kvm!();
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("vmlinux");
+    std::fs::write(&kernel, fake_elf(64 << 20)).unwrap();
+    let mut c = VmConfig::linux(&kernel, "console=ttyS0");
+    c.memory_mib = 32;
+    let err = Vm::new(c).err().unwrap();
+    assert!(matches!(err, VmError::ImageTooLarge { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("vmlinux") && msg.contains("raise memory_mib"), "{msg}");
+
+    // The same image fits a bigger guest and loads.
+    let mut c = VmConfig::linux(&kernel, "console=ttyS0");
+    c.memory_mib = 128;
+    let vm = Vm::new(c).unwrap();
+    assert_eq!(vm.kernel().unwrap().entry, 0x100_0000);
+
+    let text = dir.path().join("README");
+    std::fs::write(&text, "not a kernel").unwrap();
+    let err = Vm::new(VmConfig::linux(&text, "")).err().unwrap().to_string();
+    assert!(err.contains("README") && err.contains("bzImage"), "{err}");
+    assert!(Path::new(&kernel).exists());
+}
