@@ -81,7 +81,7 @@ fn tree_builds_concurrently_once_incrementally_and_fails_cleanly() {
     let reused = [&a, &b].iter().filter(|o| text(&o.stderr).contains("cached: ")).count();
     assert_eq!((built, reused), (1, 1), "exactly one build happened");
     let key = ka["key"].as_str().unwrap().to_string();
-    assert_eq!(entries(&cache), [key.clone()]);
+    assert_eq!(entries(&cache), std::slice::from_ref(&key));
     assert!(key.contains("-minimal-"), "{key}");
 
     // 2. Touch one file: an incremental rebuild in the same build dir, faster than the first;
@@ -96,7 +96,7 @@ fn tree_builds_concurrently_once_incrementally_and_fails_cleanly() {
     assert!(k["key"].is_null(), "a dirty tree is never cached: {k}");
     assert!(text(&inc.stderr).contains("not cached"));
     assert!(Path::new(k["image"].as_str().unwrap()).is_file());
-    assert_eq!(entries(&cache), [key.clone()]);
+    assert_eq!(entries(&cache), std::slice::from_ref(&key));
     eprintln!(
         "TIMING first build (two concurrent requests): {first_secs:.1} s; incremental after touching one file: {incremental_secs:.1} s"
     );
@@ -108,7 +108,7 @@ fn tree_builds_concurrently_once_incrementally_and_fails_cleanly() {
     assert!(!bad.status.success());
     let err = text(&bad.stderr);
     assert!(err.contains("ktstr-injected-error") && err.contains("full log:"), "{err}");
-    assert_eq!(entries(&cache), [key.clone()]);
+    assert_eq!(entries(&cache), std::slice::from_ref(&key));
 
     // 4. Ctrl-C in the middle of a long rebuild (a widely included header changed):
     //    exit 130, make stopped, no entry, no temp dir, the lock released.
@@ -124,7 +124,7 @@ fn tree_builds_concurrently_once_incrementally_and_fails_cleanly() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
-    assert_eq!(entries(&cache), [key.clone()]);
+    assert_eq!(entries(&cache), std::slice::from_ref(&key));
     let makes = Command::new("pgrep").args(["-f", &format!("make -C {}", tree.display())]).output().unwrap();
     assert!(text(&makes.stdout).trim().is_empty(), "make was stopped: {}", text(&makes.stdout));
     let locks = cache.join(".locks");
