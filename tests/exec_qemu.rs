@@ -102,7 +102,8 @@ fn run_main_job_reports_hello_and_topology() {
     let s = json(&out);
     assert_eq!(s["passed"], true, "{s}");
     assert_eq!(s["guest_cpus"], 4);
-    assert_eq!(s["protocol_version"], 1);
+    assert_eq!(s["protocol_version"], ktstr_shared::wire::PROTOCOL_VERSION);
+    assert_eq!(s["kernel_version"], k["version"], "read from the bzImage header");
     assert_eq!(s["frames_rejected"], 0);
     assert!(s["hello_s"].as_f64().unwrap() > 0.0);
     assert_eq!(s["guest_release"], k["version"]);

@@ -58,6 +58,19 @@ pub fn detect(path: &Path) -> Result<ImageKind, ImageError> {
     Ok(ImageKind::BzImage)
 }
 
+/// The version string a bzImage carries in its setup header (`kernel_version` at 0x20e),
+/// e.g. "6.12.117 (root@host) #1 SMP ..."; its first word is the release.
+pub fn bzimage_release(path: &Path) -> Option<String> {
+    let mut head = vec![0u8; 0x8000];
+    let n = read_up_to(&mut fs::File::open(path).ok()?, &mut head).ok()?;
+    head.truncate(n);
+    let ptr = usize::from(u16::from_le_bytes(head.get(0x20e..0x210)?.try_into().ok()?));
+    let s = head.get(ptr + 0x200..)?;
+    let end = s.iter().position(|&b| b == 0)?;
+    let text = std::str::from_utf8(&s[..end]).ok()?;
+    text.split_whitespace().next().map(str::to_owned)
+}
+
 fn read_up_to(f: &mut fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
@@ -132,6 +145,15 @@ mod tests {
         elf[18] = 62; // EM_X86_64
         let f = write(&elf);
         assert_eq!(detect(f.path()).unwrap(), ImageKind::Vmlinux);
+    }
+
+    #[test]
+    fn release_from_the_setup_header() {
+        let mut v = bz(3, 1, 4096);
+        v[0x20e..0x210].copy_from_slice(&0x300u16.to_le_bytes());
+        v[0x500..0x500 + 22].copy_from_slice(b"6.12.117 (x@y) #1 SMP\0");
+        let f = write(&v);
+        assert_eq!(bzimage_release(f.path()).as_deref(), Some("6.12.117"));
     }
 
     #[test]
