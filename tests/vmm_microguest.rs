@@ -228,6 +228,102 @@ fn each_vcpu_sees_its_own_apic_id_in_cpuid() {
     assert_eq!(got, [0x00, 0x11, 0x22, 0x33]);
 }
 
+/// Real-mode SIPI trampoline at `TRAMPOLINE`: straight from real mode into long mode with the
+/// VMM's GDT (0x500) and identity page tables (0x9000), then far jump to `ap64`.
+const TRAMPOLINE: u64 = 0x1000;
+const GDT_DESCRIPTOR: u64 = TRAMPOLINE + 0x80;
+const AP64: u64 = TRAMPOLINE + 0x100;
+
+fn trampoline(ap64: Vec<u8>) -> Vec<u8> {
+    let mut blob = {
+        let mut a = Asm::new(16).unwrap();
+        a.cli().unwrap();
+        a.xor(ax, ax).unwrap();
+        a.mov(ds, ax).unwrap();
+        a.lgdt(ptr(GDT_DESCRIPTOR)).unwrap();
+        a.mov(eax, cr4).unwrap();
+        a.or(eax, 1 << 5).unwrap(); // PAE
+        a.mov(cr4, eax).unwrap();
+        a.mov(eax, 0x9000u32).unwrap();
+        a.mov(cr3, eax).unwrap();
+        a.mov(ecx, 0xc000_0080u32).unwrap(); // EFER
+        a.rdmsr().unwrap();
+        a.or(eax, 1 << 8).unwrap(); // LME
+        a.wrmsr().unwrap();
+        a.mov(eax, cr0).unwrap();
+        a.or(eax, 0x8000_0001u32 as i32).unwrap(); // PG | PE
+        a.mov(cr0, eax).unwrap();
+        // jmp far 0x10:AP64 (ptr16:16)
+        let [lo, hi] = (AP64 as u16).to_le_bytes();
+        a.db(&[0xea, lo, hi, 0x10, 0x00]).unwrap();
+        a.assemble(TRAMPOLINE).unwrap()
+    };
+    blob.resize((GDT_DESCRIPTOR - TRAMPOLINE) as usize, 0xf4);
+    blob.extend(47u16.to_le_bytes()); // limit of the VMM's 6-entry GDT
+    blob.extend(0x500u32.to_le_bytes());
+    blob.resize((AP64 - TRAMPOLINE) as usize, 0xf4);
+    blob.extend(ap64);
+    blob
+}
+
+/// BSP: INIT + SIPI to all other vCPUs through the LAPIC ICR, wait for them to check in,
+/// report itself, reset. AP: report (0x80 | APIC ID from CPUID) on COM2, check in, park.
+fn sipi_guest(vcpus: u32) -> (Vec<u8>, Vec<u8>) {
+    let report = |a: &mut Asm| -> Result<(), IcedError> {
+        a.mov(eax, 1)?;
+        a.cpuid()?;
+        a.shr(ebx, 24)?;
+        a.mov(eax, ebx)?;
+        a.or(eax, 0x80)?;
+        a.mov(dx, COM2)?;
+        a.out(dx, al)
+    };
+    let ap = assemble(AP64, |a| {
+        report(a)?;
+        a.mov(rbx, DATA)?;
+        a.lock().inc(dword_ptr(rbx))?;
+        park(a)
+    });
+    let bsp = assemble(CODE, |a| {
+        a.mov(rbx, 0xfee0_0000u64)?;
+        a.mov(dword_ptr(rbx + 0x310), 0)?;
+        a.mov(dword_ptr(rbx + 0x300), 0x000c_4500)?; // INIT, all excluding self
+        a.mov(dword_ptr(rbx + 0x300), 0x000c_4600 | (TRAMPOLINE >> 12) as i32)?; // SIPI
+        a.mov(rbx, DATA)?;
+        let mut wait = a.create_label();
+        a.set_label(&mut wait)?;
+        a.cmp(dword_ptr(rbx), (vcpus - 1) as i32)?;
+        a.jne(wait)?;
+        report(a)?;
+        reset(a)
+    });
+    (bsp, trampoline(ap))
+}
+
+#[test]
+fn aps_started_with_init_sipi_report_their_apic_ids() {
+    require_kvm!();
+    let vcpus = 3;
+    let (bsp, tramp) = sipi_guest(vcpus);
+    let mut c = config(bsp);
+    c.vcpus = vcpus;
+    c.timeout = Duration::from_secs(60);
+    if let Payload::Raw { segments, .. } = &mut c.payload {
+        segments.push((TRAMPOLINE, tramp));
+    }
+    let vm = Vm::new(c).unwrap();
+    let com2 = vm.com2();
+    let out = vm.run().unwrap();
+    let got = drain(&com2);
+    assert_eq!(out.exit, VmExit::Reset, "{out:?} com2={got:x?}");
+    // APs first (the BSP waits for them), in any order; the BSP's report last.
+    assert_eq!(got.len(), 3, "{got:x?}");
+    let mut aps = got[..2].to_vec();
+    aps.sort();
+    assert_eq!(aps, [0x81, 0x82]);
+    assert_eq!(got[2], 0x80);
+}
+
 #[test]
 fn i8042_reset_is_a_clean_exit() {
     require_kvm!();

@@ -155,3 +155,94 @@ pub fn reap_one() -> Option<(libc::pid_t, libc::c_int)> {
 pub fn cstring(s: &str) -> io::Result<CString> {
     CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in path"))
 }
+
+/// `CLOCK_MONOTONIC` in ns: the clock of sleeps and deadlines.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Sleeps to an absolute `CLOCK_MONOTONIC` time. `Some(ns late)` when it woke for the
+/// deadline, `None` when a signal interrupted it first.
+pub fn sleep_until(deadline_ns: u64) -> Option<u64> {
+    let ts = libc::timespec {
+        tv_sec: (deadline_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (deadline_ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: `ts` is valid; a null remainder is allowed with TIMER_ABSTIME.
+    let ret = unsafe { libc::clock_nanosleep(libc::CLOCK_MONOTONIC, libc::TIMER_ABSTIME, &ts, ptr::null_mut()) };
+    (ret == 0).then(|| monotonic_ns().saturating_sub(deadline_ns))
+}
+
+/// The CPU this thread runs on (from rseq or the vDSO: no system call on current kernels).
+pub fn current_cpu() -> u32 {
+    // SAFETY: no arguments.
+    let cpu = unsafe { libc::sched_getcpu() };
+    u32::try_from(cpu).unwrap_or(0)
+}
+
+/// CPUs of the affinity mask of `pid` (0 = this thread).
+pub fn get_affinity(pid: libc::pid_t) -> io::Result<Vec<u32>> {
+    // SAFETY: all-zero is an empty cpu_set_t.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid out pointer of the given size.
+    cvt(unsafe { libc::sched_getaffinity(pid, size_of::<libc::cpu_set_t>(), &mut set) })?;
+    let max = (size_of::<libc::cpu_set_t>() * 8) as u32;
+    // SAFETY: CPU_ISSET reads the set within its size.
+    Ok((0..max).filter(|&c| unsafe { libc::CPU_ISSET(c as usize, &set) }).collect())
+}
+
+/// Sets the affinity mask of `pid` (0 = this thread) to `cpus`.
+pub fn set_affinity(pid: libc::pid_t, cpus: &[u32]) -> io::Result<()> {
+    // SAFETY: all-zero is an empty cpu_set_t.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let max = size_of::<libc::cpu_set_t>() * 8;
+    for &c in cpus {
+        if c as usize >= max {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("CPU {c} is beyond {}", max - 1)));
+        }
+        // SAFETY: `c` is within the set (checked above).
+        unsafe { libc::CPU_SET(c as usize, &mut set) };
+    }
+    // SAFETY: `set` is a valid cpu_set_t of the given size.
+    cvt(unsafe { libc::sched_setaffinity(pid, size_of::<libc::cpu_set_t>(), &set) }).map(drop)
+}
+
+/// Number of possible CPUs (all CPU numbers are below it).
+pub fn possible_cpus() -> u32 {
+    let list = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap_or_default();
+    let last = list.trim().rsplit(['-', ',']).next().and_then(|n| n.parse::<u32>().ok());
+    last.map_or_else(nr_cpus, |n| n + 1).max(1)
+}
+
+/// `sched_setscheduler(pid, policy, priority)`.
+pub fn set_scheduler(pid: libc::pid_t, policy: libc::c_int, priority: libc::c_int) -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: priority };
+    // SAFETY: `param` is a valid sched_param.
+    cvt(unsafe { libc::sched_setscheduler(pid, policy, &param) }).map(drop)
+}
+
+/// `setpriority(PRIO_PROCESS, pid, nice)`.
+pub fn set_nice(pid: libc::pid_t, nice: i32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, nice) }).map(drop)
+}
+
+/// Sends `sig` to `pid`; a process already gone is fine.
+pub fn signal(pid: libc::pid_t, sig: libc::c_int) {
+    if pid > 1 {
+        // SAFETY: plain syscall.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// A pipe, both ends close-on-exec: (read, write).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two ints.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: fresh descriptors nobody else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}

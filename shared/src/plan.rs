@@ -11,12 +11,15 @@ use core::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::scenario::{Scenario, ScenarioError};
+
 /// Where the init finds the plan.
 pub const PLAN_PATH: &str = "/ktstr/plan";
 /// The guest end of the protocol channel (COM2).
 pub const PROTOCOL_TTY: &str = "/dev/ttyS1";
 /// Version of the [`RunPlan`] layout; the first field of every plan.
-pub const PLAN_VERSION: u16 = 1;
+/// v2: [`RunPlan::scenario`].
+pub const PLAN_VERSION: u16 = 2;
 /// Largest plan file the init accepts.
 pub const MAX_PLAN_BYTES: usize = 1 << 20;
 /// Default per-stream limit of command output streamed to the host.
@@ -39,6 +42,8 @@ pub struct RunPlan {
     pub wait_for_start: bool,
     /// A command to run, if any.
     pub exec: Option<ExecPlan>,
+    /// Cgroups and workers to run and report on, if any (not together with `exec`).
+    pub scenario: Option<Scenario>,
 }
 
 /// A command for the init to run and watch.
@@ -57,7 +62,14 @@ pub struct ExecPlan {
 impl RunPlan {
     /// A plan that does nothing but report, with the given deadline.
     pub fn new(deadline_ms: u32) -> Self {
-        RunPlan { version: PLAN_VERSION, deadline_ms, console_quiet: false, wait_for_start: false, exec: None }
+        RunPlan {
+            version: PLAN_VERSION,
+            deadline_ms,
+            console_quiet: false,
+            wait_for_start: false,
+            exec: None,
+            scenario: None,
+        }
     }
 
     /// The postcard bytes to store at [`PLAN_PATH`].
@@ -84,7 +96,8 @@ impl RunPlan {
         Ok(plan)
     }
 
-    /// Checks what the init relies on: a deadline, and a command it can actually exec.
+    /// Checks what the init relies on: a deadline, a command it can actually exec, a scenario
+    /// it can run.
     pub fn validate(&self) -> Result<(), PlanError> {
         if self.version != PLAN_VERSION {
             return Err(PlanError::Version { found: self.version });
@@ -92,8 +105,12 @@ impl RunPlan {
         if self.deadline_ms == 0 {
             return Err(PlanError::ZeroDeadline);
         }
-        match &self.exec {
-            Some(exec) => exec.validate(),
+        if let Some(exec) = &self.exec {
+            exec.validate()?;
+        }
+        match &self.scenario {
+            Some(_) if self.exec.is_some() => Err(PlanError::ExecAndScenario),
+            Some(scenario) => scenario.validate().map_err(PlanError::Scenario),
             None => Ok(()),
         }
     }
@@ -141,6 +158,8 @@ pub enum PlanError {
     EmptyArgv,
     NulByte,
     BadEnvName { name: String },
+    ExecAndScenario,
+    Scenario(ScenarioError),
 }
 
 impl fmt::Display for PlanError {
@@ -167,6 +186,8 @@ impl fmt::Display for PlanError {
             PlanError::BadEnvName { name } => {
                 write!(f, "run plan exec.env name {name:?} is empty or contains '='")
             }
+            PlanError::ExecAndScenario => write!(f, "run plan has both exec and scenario; give one of them"),
+            PlanError::Scenario(e) => write!(f, "run plan {e}"),
         }
     }
 }

@@ -21,7 +21,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any change that is not an append of a variant or trailing field.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// v2: scenario telemetry (`Sample`, `WorkerReport` reshaped; `Scenario` events added).
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest frame on the wire, delimiter included.
 pub const MAX_FRAME: usize = 4096;
 /// Largest postcard encoding of one message.
@@ -32,10 +33,16 @@ pub const CRC_LEN: usize = 4;
 pub const MAX_TEXT: usize = 1024;
 /// Largest piece of command output in one [`GuestMsg::ExecOutput`].
 pub const MAX_CHUNK: usize = 1024;
-/// Most CPUs a [`Sample`] describes.
+/// Most CPUs a guest may have: CPU numbers on the wire are below it.
 pub const MAX_CPUS: usize = 512;
 /// Longest kernel release string (`utsname.release` holds 64 bytes plus NUL).
 pub const MAX_RELEASE: usize = 64;
+/// Most workers in one [`Sample`] frame; a tick with more is split into several frames.
+pub const SAMPLE_WORKERS: usize = 16;
+/// Most CPUs in one [`Sample`] frame; a tick with more is split into several frames.
+pub const SAMPLE_CPUS: usize = 16;
+/// 64-bit words of a [`CpuMask`].
+pub const CPU_MASK_WORDS: usize = MAX_CPUS / 64;
 
 // The largest payload must still fit one frame after COBS overhead and the delimiter.
 const _: () = assert!(cobs::max_encoding_length(MAX_PAYLOAD + CRC_LEN) < MAX_FRAME);
@@ -46,6 +53,10 @@ const CRC32: Crc<u32> = Crc::<u32>::new(&CRC_32_ISO_HDLC);
 pub type Text = heapless::String<MAX_TEXT>;
 /// Bounded command output bytes; build one with [`chunk`].
 pub type Chunk = heapless::Vec<u8, MAX_CHUNK>;
+/// A set of CPUs: bit `c % 64` of word `c / 64` is CPU `c`; trailing zero words are omitted.
+pub type CpuMask = heapless::Vec<u64, CPU_MASK_WORDS>;
+/// Counts per bucket of [`crate::hist`]; empty where nothing was measured.
+pub type Histogram = heapless::Vec<u64, { crate::hist::BUCKETS }>;
 
 /// Guest -> host. New variants go at the end (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,9 +66,9 @@ pub enum GuestMsg {
     Hello(Hello),
     /// A line from the init itself.
     Log { t_ns: u64, level: LogLevel, text: Text },
-    /// Periodic telemetry.
+    /// Periodic scenario telemetry (one tick may span several frames).
     Sample(Sample),
-    /// One worker's totals at the end of a workload.
+    /// One worker's totals at the end of a scenario run.
     WorkerReport(WorkerReport),
     /// Something the scheduler did (started, attached, exited, ...).
     SchedulerEvent { t_ns: u64, kind: SchedEventKind, text: Text },
@@ -71,6 +82,8 @@ pub enum GuestMsg {
     Bye { exit_code: i32 },
     /// Answer to [`HostMsg::Ping`].
     Pong { seq: u32 },
+    /// A milestone of a scenario run (start, steps, early worker exits, end).
+    Scenario(ScenarioEvent),
 }
 
 /// Host -> guest. New variants go at the end.
@@ -109,22 +122,165 @@ pub enum LogLevel {
     Debug,
 }
 
-/// Telemetry snapshot. A placeholder shape for now: per-CPU run-queue lengths.
+/// One sampling tick of a scenario run, or a part of one.
+///
+/// A tick describes every live worker and every CPU. One frame holds at most [`SAMPLE_WORKERS`]
+/// workers and [`SAMPLE_CPUS`] CPUs, so a tick with W workers and C CPUs takes
+/// `max(1, ceil(W / SAMPLE_WORKERS), ceil(C / SAMPLE_CPUS))` frames, numbered by `part`. Per-CPU
+/// counters are deltas since the previous tick (the first tick: since the run started).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sample {
+    /// Tick number from 0; every part of one tick has the same `seq` and `t_ns`.
+    pub seq: u32,
     pub t_ns: u64,
-    /// `nr_running` per CPU, index = CPU number.
-    pub nr_running: heapless::Vec<u32, MAX_CPUS>,
+    pub part: u16,
+    pub parts: u16,
+    pub workers: heapless::Vec<WorkerSample, SAMPLE_WORKERS>,
+    pub cpus: heapless::Vec<CpuSample, SAMPLE_CPUS>,
+    /// System-wide state; in part 0 only.
+    pub system: Option<SystemSample>,
+}
+
+/// One worker at one tick. Counters are totals since the worker started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerSample {
+    /// Worker id: its index in `Scenario::workers()` order.
+    pub id: u32,
+    /// The cgroup it is in now: an index in `Scenario::cgroup_defs()` order.
+    pub cgroup: u16,
+    /// Work units done (what a unit is depends on the work type).
+    pub units: u64,
+    /// `/proc/<pid>/schedstat`: time on CPU, time runnable but waiting, timeslices run.
+    pub cpu_time_ns: u64,
+    pub run_delay_ns: u64,
+    pub timeslices: u64,
+    /// Context switches (`/proc/<pid>/sched` or `/proc/<pid>/status`).
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+    /// `se.nr_migrations` of `/proc/<pid>/sched`; `None` where the kernel has no such file.
+    pub migrations: Option<u64>,
+    /// The CPU of the worker's last work unit.
+    pub last_cpu: u32,
+    /// When it last completed a work unit (its release time before the first one). The host
+    /// sees a stall in progress as `t_ns - last_progress_ns`.
+    pub last_progress_ns: u64,
+    /// Longest time between two consecutive work units so far (release counts as one), when
+    /// that gap began, and the CPU the worker was on when it began.
+    pub max_gap_ns: u64,
+    pub max_gap_at_ns: u64,
+    pub max_gap_cpu: u32,
+}
+
+/// One CPU at one tick: `/proc/schedstat` deltas since the previous tick.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuSample {
+    pub cpu: u32,
+    /// Tasks on the run queue now (`/sys/kernel/debug/sched/debug`); `None` where unreadable.
+    pub nr_running: Option<u32>,
+    /// Calls of `schedule()`, and those that left the CPU idle.
+    pub sched_count: u64,
+    pub sched_goidle: u64,
+    /// Wake-ups done on this CPU, and those of tasks that last ran here.
+    pub ttwu_count: u64,
+    pub ttwu_local: u64,
+    /// Time tasks ran here, time they waited runnable here, timeslices run here.
+    pub run_ns: u64,
+    pub run_delay_ns: u64,
+    pub timeslices: u64,
+}
+
+/// System-wide state at one tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemSample {
+    /// `/sys/kernel/sched_ext/state`.
+    pub scx: ScxState,
+    /// `/sys/kernel/sched_ext/enable_seq`: it grows each time a BPF scheduler is loaded.
+    pub scx_enable_seq: Option<u64>,
+    /// `procs_running` of `/proc/stat`: runnable tasks on all CPUs.
+    pub procs_running: Option<u32>,
+    /// Time the init spent reading this tick: the sampler's own cost.
+    pub cost_ns: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScxState {
+    /// No `/sys/kernel/sched_ext` (kernel without sched_ext).
+    Unsupported,
+    Disabled,
+    Enabling,
+    Enabled,
+    Disabling,
+    /// A state this init does not know.
+    Other,
+}
+
+/// One worker's totals, sent for every worker after the run (also those that ended early).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerReport {
     pub id: u32,
+    /// The cgroup it was in at the end (index as in [`WorkerSample::cgroup`]).
+    pub cgroup: u16,
     pub work_units: u64,
     pub cpu_time_ns: u64,
+    /// From release to the final reading.
     pub wall_ns: u64,
-    /// Voluntary plus involuntary context switches.
-    pub nr_switches: u64,
+    pub run_delay_ns: u64,
+    pub timeslices: u64,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+    /// Migrations counted by the kernel (`None` without `/proc/<pid>/sched`).
+    pub migrations: Option<u64>,
+    /// CPU changes the worker itself saw between consecutive work units.
+    pub observed_migrations: u64,
+    /// Every CPU a work unit completed on.
+    pub cpus_used: CpuMask,
+    /// As in [`WorkerSample`], including a gap still open at the end.
+    pub max_gap_ns: u64,
+    pub max_gap_at_ns: u64,
+    pub max_gap_cpu: u32,
+    /// Latencies the work type measures (see `WorkType`), in [`crate::hist`] buckets.
+    pub latency: Histogram,
+    pub end: WorkerEnd,
+}
+
+/// How a worker ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerEnd {
+    /// Ran to the end of the run and exited when asked.
+    Stopped,
+    /// Ran to the end but did not exit within the grace period: killed.
+    Killed,
+    /// Killed when a step removed its cgroup.
+    Removed,
+    /// Exited on its own before the end (a worker error is logged).
+    Exited { code: i32 },
+    /// Killed by a signal before the end.
+    Signaled { signal: i32 },
+}
+
+/// A milestone of a scenario run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScenarioEvent {
+    pub t_ns: u64,
+    pub kind: ScenarioEventKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScenarioEventKind {
+    /// The workers were released: time 0 of the run.
+    Started {
+        workers: u32,
+        cgroups: u16,
+        /// False when cgroup operations are skipped (host mode without a cgroup root): cpusets
+        /// and weights were not applied.
+        cgroups_applied: bool,
+    },
+    /// Step `index` was applied; `failed_ops` of its operations failed (each logged).
+    Step { index: u16, failed_ops: u16 },
+    /// Worker `id` ended before the run did; its report says how.
+    WorkerExited { id: u32 },
+    /// The run time is over (or the run was cut short): the workers are being stopped.
+    Finished,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,6 +379,24 @@ pub fn chunk<const N: usize>(bytes: &[u8]) -> heapless::Vec<u8, N> {
     // Cannot fail: the slice is cut to the capacity.
     let _ = out.extend_from_slice(&bytes[..bytes.len().min(N)]);
     out
+}
+
+/// The mask of the given CPUs; CPUs at or above [`MAX_CPUS`] are left out.
+pub fn cpu_mask(cpus: impl IntoIterator<Item = u32>) -> CpuMask {
+    let mut words = [0u64; CPU_MASK_WORDS];
+    for cpu in cpus.into_iter().filter(|&c| (c as usize) < MAX_CPUS) {
+        words[cpu as usize / 64] |= 1 << (cpu % 64);
+    }
+    let used = words.iter().rposition(|&w| w != 0).map_or(0, |i| i + 1);
+    // Cannot fail: `used <= CPU_MASK_WORDS`.
+    CpuMask::from_slice(&words[..used]).unwrap_or_default()
+}
+
+/// The CPUs of a mask, ascending.
+pub fn mask_cpus(mask: &[u64]) -> impl Iterator<Item = u32> + '_ {
+    mask.iter()
+        .enumerate()
+        .flat_map(|(i, &w)| (0..64).filter(move |b| w & (1 << b) != 0).map(move |b| i as u32 * 64 + b))
 }
 
 /// Why a message could not be encoded.

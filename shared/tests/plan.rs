@@ -10,7 +10,14 @@ fn exec_plan() -> RunPlan {
 
 #[test]
 fn plan_round_trips() {
-    for plan in [RunPlan::new(1), exec_plan()] {
+    let scenario = ktstr_shared::scenario::Scenario::new(
+        vec![
+            ktstr_shared::scenario::CgroupSpec::new("cg_0")
+                .with_workers(2, ktstr_shared::scenario::WorkType::Bursty { burst_ms: 5, sleep_ms: 5 }),
+        ],
+        300,
+    );
+    for plan in [RunPlan::new(1), exec_plan(), RunPlan { scenario: Some(scenario), ..RunPlan::new(1000) }] {
         let bytes = plan.to_bytes().unwrap();
         assert_eq!(RunPlan::from_bytes(&bytes).unwrap(), plan);
     }

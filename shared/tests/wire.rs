@@ -20,8 +20,8 @@ fn every_guest_msg() -> Vec<GuestMsg> {
     vec![
         GuestMsg::Hello(hello()),
         GuestMsg::Log { t_ns: 5, level: LogLevel::Warn, text: text("mount debugfs: ENODEV") },
-        GuestMsg::Sample(Sample { t_ns: 9, nr_running: chunk_u32(&[1, 0, 3, u32::MAX]) }),
-        GuestMsg::WorkerReport(WorkerReport { id: 3, work_units: 1 << 40, cpu_time_ns: 7, wall_ns: 8, nr_switches: 9 }),
+        GuestMsg::Sample(sample(9, 3, 2)),
+        GuestMsg::WorkerReport(report(3, 1 << 40, 7)),
         GuestMsg::SchedulerEvent { t_ns: 1, kind: SchedEventKind::Attached, text: text("simple") },
         GuestMsg::ExecOutput { stream: Stream::Stdout, data: chunk(b"hello\n") },
         GuestMsg::ExecOutput { stream: Stream::Stderr, data: chunk(&[0, 255, 0]) },
@@ -40,11 +40,123 @@ fn every_guest_msg() -> Vec<GuestMsg> {
         GuestMsg::Panic { text: text("boom at init/src/main.rs:1:1") },
         GuestMsg::Bye { exit_code: -1 },
         GuestMsg::Pong { seq: u32::MAX },
+        GuestMsg::Scenario(ScenarioEvent {
+            t_ns: 3,
+            kind: ScenarioEventKind::Started { workers: 4, cgroups: 2, cgroups_applied: true },
+        }),
+        GuestMsg::Scenario(ScenarioEvent { t_ns: 4, kind: ScenarioEventKind::Step { index: 1, failed_ops: 0 } }),
+        GuestMsg::Scenario(ScenarioEvent { t_ns: 5, kind: ScenarioEventKind::WorkerExited { id: 2 } }),
+        GuestMsg::Scenario(ScenarioEvent { t_ns: 6, kind: ScenarioEventKind::Finished }),
     ]
 }
 
-fn chunk_u32(v: &[u32]) -> heapless::Vec<u32, MAX_CPUS> {
-    v.iter().copied().collect()
+fn sample(t_ns: u64, workers: u32, cpus: u32) -> Sample {
+    Sample {
+        seq: 1,
+        t_ns,
+        part: 0,
+        parts: 1,
+        workers: (0..workers)
+            .map(|id| WorkerSample { id, units: t_ns.wrapping_mul(3), migrations: Some(2), ..Default::default() })
+            .collect(),
+        cpus: (0..cpus).map(|cpu| CpuSample { cpu, nr_running: Some(1), run_ns: t_ns, ..Default::default() }).collect(),
+        system: Some(SystemSample {
+            scx: ScxState::Enabled,
+            scx_enable_seq: Some(1),
+            procs_running: Some(3),
+            cost_ns: 5,
+        }),
+    }
+}
+
+fn report(id: u32, work_units: u64, cpu_time_ns: u64) -> WorkerReport {
+    WorkerReport {
+        id,
+        cgroup: 1,
+        work_units,
+        cpu_time_ns,
+        wall_ns: cpu_time_ns.wrapping_mul(2),
+        run_delay_ns: 3,
+        timeslices: 4,
+        voluntary_switches: 5,
+        involuntary_switches: 6,
+        migrations: None,
+        observed_migrations: 7,
+        cpus_used: cpu_mask([0, 3, 70]),
+        max_gap_ns: 8,
+        max_gap_at_ns: 9,
+        max_gap_cpu: 3,
+        latency: [0, 5, 1].into_iter().collect(),
+        end: WorkerEnd::Signaled { signal: 9 },
+    }
+}
+
+/// The largest sample frame: every field at its widest encoding.
+fn maximal_sample() -> Sample {
+    let worker = WorkerSample {
+        id: u32::MAX,
+        cgroup: u16::MAX,
+        units: u64::MAX,
+        cpu_time_ns: u64::MAX,
+        run_delay_ns: u64::MAX,
+        timeslices: u64::MAX,
+        voluntary_switches: u64::MAX,
+        involuntary_switches: u64::MAX,
+        migrations: Some(u64::MAX),
+        last_cpu: u32::MAX,
+        last_progress_ns: u64::MAX,
+        max_gap_ns: u64::MAX,
+        max_gap_at_ns: u64::MAX,
+        max_gap_cpu: u32::MAX,
+    };
+    let cpu = CpuSample {
+        cpu: u32::MAX,
+        nr_running: Some(u32::MAX),
+        sched_count: u64::MAX,
+        sched_goidle: u64::MAX,
+        ttwu_count: u64::MAX,
+        ttwu_local: u64::MAX,
+        run_ns: u64::MAX,
+        run_delay_ns: u64::MAX,
+        timeslices: u64::MAX,
+    };
+    let system = SystemSample {
+        scx: ScxState::Other,
+        scx_enable_seq: Some(u64::MAX),
+        procs_running: Some(u32::MAX),
+        cost_ns: u64::MAX,
+    };
+    Sample {
+        seq: u32::MAX,
+        t_ns: u64::MAX,
+        part: u16::MAX,
+        parts: u16::MAX,
+        workers: core::iter::repeat_n(worker, SAMPLE_WORKERS).collect(),
+        cpus: core::iter::repeat_n(cpu, SAMPLE_CPUS).collect(),
+        system: Some(system),
+    }
+}
+
+fn maximal_report() -> WorkerReport {
+    WorkerReport {
+        id: u32::MAX,
+        cgroup: u16::MAX,
+        work_units: u64::MAX,
+        cpu_time_ns: u64::MAX,
+        wall_ns: u64::MAX,
+        run_delay_ns: u64::MAX,
+        timeslices: u64::MAX,
+        voluntary_switches: u64::MAX,
+        involuntary_switches: u64::MAX,
+        migrations: Some(u64::MAX),
+        observed_migrations: u64::MAX,
+        cpus_used: core::iter::repeat_n(u64::MAX, CPU_MASK_WORDS).collect(),
+        max_gap_ns: u64::MAX,
+        max_gap_at_ns: u64::MAX,
+        max_gap_cpu: u32::MAX,
+        latency: core::iter::repeat_n(u64::MAX, ktstr_shared::hist::BUCKETS).collect(),
+        end: WorkerEnd::Signaled { signal: i32::MIN },
+    }
 }
 
 /// The largest value of each bounded variant.
@@ -60,7 +172,8 @@ fn maximal_guest_msgs() -> Vec<GuestMsg> {
             ..hello()
         }),
         GuestMsg::Log { t_ns: u64::MAX, level: LogLevel::Debug, text: big_text.clone() },
-        GuestMsg::Sample(Sample { t_ns: u64::MAX, nr_running: core::iter::repeat_n(u32::MAX, MAX_CPUS).collect() }),
+        GuestMsg::Sample(maximal_sample()),
+        GuestMsg::WorkerReport(maximal_report()),
         GuestMsg::SchedulerEvent { t_ns: u64::MAX, kind: SchedEventKind::Other, text: big_text },
         GuestMsg::ExecOutput { stream: Stream::Stderr, data: chunk(&[0xff; 2 * MAX_CHUNK]) },
         GuestMsg::Result(RunResult {
@@ -187,15 +300,9 @@ fn arb_guest_msg() -> impl Strategy<Value = GuestMsg> {
         (any::<u16>(), any::<u32>(), any::<u64>())
             .prop_map(|(version, nr_cpus, t)| { GuestMsg::Hello(Hello { version, nr_cpus, hello_ns: t, ..hello() }) }),
         (any::<u64>(), arb_text()).prop_map(|(t_ns, text)| GuestMsg::Log { t_ns, level: LogLevel::Info, text }),
-        (any::<u64>(), proptest::collection::vec(any::<u32>(), 0..MAX_CPUS))
-            .prop_map(|(t_ns, v)| GuestMsg::Sample(Sample { t_ns, nr_running: chunk_u32(&v) })),
-        (any::<u32>(), any::<u64>()).prop_map(|(id, w)| GuestMsg::WorkerReport(WorkerReport {
-            id,
-            work_units: w,
-            cpu_time_ns: w / 2,
-            wall_ns: w / 3,
-            nr_switches: 1,
-        })),
+        (any::<u64>(), 0..=SAMPLE_WORKERS as u32, 0..=SAMPLE_CPUS as u32)
+            .prop_map(|(t_ns, w, c)| GuestMsg::Sample(sample(t_ns, w, c))),
+        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(id, w, c)| GuestMsg::WorkerReport(report(id, w, c))),
         (any::<u64>(), arb_text()).prop_map(|(t_ns, text)| GuestMsg::SchedulerEvent {
             t_ns,
             kind: SchedEventKind::Error,

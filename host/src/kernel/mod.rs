@@ -265,11 +265,12 @@ fn resolve_path(cache: &Cache, p: &Path) -> Result<Kernel, KernelError> {
     if p.is_file() {
         let kind = imagefile::detect(p)?;
         let vmlinux = p.parent().map(|d| d.join(VMLINUX)).filter(|v| v.is_file() && v != p);
+        let version = (kind == ImageKind::BzImage).then(|| imagefile::bzimage_release(p)).flatten();
         return Ok(Kernel {
             image: p.into(),
             kind,
             vmlinux,
-            version: None,
+            version,
             key: None,
             origin: format!("file {}", p.display()),
         });
