@@ -1,14 +1,23 @@
 //! ktstr-init: PID 1 of a ktstr guest. Mounts what the run needs, reads the run plan, reports
 //! over the protocol tty, runs the plan and powers off. With `--host-mode` the same plan logic
 //! runs as a normal process speaking the protocol on stdout/stdin, for tests without a VM.
+//! A scenario's workers are this binary again, started with `--worker` (see `worker.rs`).
 
+mod cgroup;
 mod control;
 mod exec;
 mod pid1;
+mod procfs;
+mod sampler;
+mod scenario;
 mod session;
+mod shm;
 mod sink;
 mod sys;
 mod watchdog;
+mod worker;
+mod workers;
+mod workload;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -20,14 +29,19 @@ use crate::session::{Boot, Exit};
 
 const USAGE: &str = "\
 usage: ktstr-init                              (as PID 1 in a ktstr guest)
-       ktstr-init --host-mode --plan FILE      (frames on stdout, host messages on stdin)
+       ktstr-init --host-mode --plan FILE [--cgroup-root DIR]
+                                               (frames on stdout, host messages on stdin)
 
 Runs a postcard RunPlan and reports over the ktstr wire protocol. In host mode it does not
-mount or power off, and exits with the command's exit code (0 without a command).";
+mount or power off, and exits with the command's exit code (0 without a command). A scenario's
+cgroup operations are skipped in host mode unless --cgroup-root names a directory for them (a
+cgroup2 directory, or any directory to record the writes as plain files). `--worker ...` is
+internal: the init starts a scenario's worker processes that way.";
 
 #[derive(Debug)]
 enum Cli {
-    Host { plan: PathBuf },
+    Host { plan: PathBuf, cgroup_root: Option<PathBuf> },
+    Worker(Vec<String>),
     Help,
     Version,
 }
@@ -43,10 +57,12 @@ fn main() {
         pid1_main(t0, init_start_ns);
     }
     match parse_args(std::env::args().skip(1)) {
-        Ok(Cli::Host { plan }) => {
-            let boot = Boot { t0, init_start_ns, mounts_done_ns: init_start_ns, early: EarlyReport::default() };
+        Ok(Cli::Host { plan, cgroup_root }) => {
+            let early = EarlyReport::default();
+            let boot = Boot { t0, init_start_ns, mounts_done_ns: init_start_ns, early, cgroup_root };
             session::run(boot, libc::STDOUT_FILENO, libc::STDIN_FILENO, Exit::Process, &plan)
         }
+        Ok(Cli::Worker(args)) => worker::main(&args),
         Ok(Cli::Help) => println!("{USAGE}"),
         Ok(Cli::Version) => println!("ktstr-init {}", env!("CARGO_PKG_VERSION")),
         Err(e) => {
@@ -68,17 +84,20 @@ fn pid1_main(t0: Instant, init_start_ns: u64) -> ! {
             pid1::power_off(None)
         }
     };
-    let boot = Boot { t0, init_start_ns, mounts_done_ns, early };
+    let boot = Boot { t0, init_start_ns, mounts_done_ns, early, cgroup_root: Some(cgroup::GUEST_ROOT.into()) };
     session::run(boot, tty, tty, Exit::PowerOff { tty }, PLAN_PATH.as_ref())
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Cli, String> {
     let mut host_mode = false;
     let mut plan = None;
+    let mut cgroup_root = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
+            "--worker" => return Ok(Cli::Worker(args.collect())),
             "--host-mode" => host_mode = true,
             "--plan" => plan = Some(args.next().ok_or("--plan needs a FILE")?),
+            "--cgroup-root" => cgroup_root = Some(args.next().ok_or("--cgroup-root needs a DIR")?.into()),
             "-h" | "--help" => return Ok(Cli::Help),
             "-V" | "--version" => return Ok(Cli::Version),
             _ => match arg.strip_prefix("--plan=") {
@@ -88,7 +107,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Cli, String> {
         }
     }
     match (host_mode, plan) {
-        (true, Some(plan)) => Ok(Cli::Host { plan: plan.into() }),
+        (true, Some(plan)) => Ok(Cli::Host { plan: plan.into(), cgroup_root }),
         (true, None) => Err("--host-mode needs --plan FILE".into()),
         (false, _) => Err("not PID 1: pass --host-mode to run a plan on this machine".into()),
     }
@@ -104,8 +123,15 @@ mod tests {
 
     #[test]
     fn host_mode_needs_a_plan() {
-        assert!(matches!(parse(&["--host-mode", "--plan", "p"]), Ok(Cli::Host { plan }) if plan.as_os_str() == "p"));
-        assert!(matches!(parse(&["--plan=q", "--host-mode"]), Ok(Cli::Host { plan }) if plan.as_os_str() == "q"));
+        assert!(
+            matches!(parse(&["--host-mode", "--plan", "p"]), Ok(Cli::Host { plan, cgroup_root: None }) if plan.as_os_str() == "p")
+        );
+        assert!(matches!(parse(&["--plan=q", "--host-mode"]), Ok(Cli::Host { plan, .. }) if plan.as_os_str() == "q"));
+        assert!(matches!(
+            parse(&["--host-mode", "--plan", "p", "--cgroup-root", "/x"]),
+            Ok(Cli::Host { cgroup_root: Some(r), .. }) if r.as_os_str() == "/x"
+        ));
+        assert!(matches!(parse(&["--worker", "1", "2"]), Ok(Cli::Worker(a)) if a == ["1", "2"]));
         assert!(parse(&["--host-mode"]).unwrap_err().contains("--plan"));
         assert!(parse(&["--plan"]).is_err());
         assert!(parse(&[]).unwrap_err().contains("PID 1"));

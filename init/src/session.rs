@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ktstr_shared::plan::{MAX_PLAN_BYTES, PlanError, RunPlan};
+use ktstr_shared::scenario::Scenario;
 use ktstr_shared::wire::{
     EXIT_INIT_FAILED, EXIT_TIMED_OUT, GuestMsg, Hello, LogLevel, Outcome, PROTOCOL_VERSION, RunResult, text,
 };
@@ -16,6 +17,7 @@ use ktstr_shared::wire::{
 use crate::control::{self, Control};
 use crate::exec::{self, CHILD_PGID};
 use crate::pid1::{self, EarlyReport};
+use crate::scenario;
 use crate::sink::Sink;
 use crate::sys;
 use crate::watchdog::Watchdog;
@@ -52,6 +54,8 @@ pub struct Boot {
     pub init_start_ns: u64,
     pub mounts_done_ns: u64,
     pub early: EarlyReport,
+    /// Where scenario cgroups go; `None` skips cgroup operations.
+    pub cgroup_root: Option<PathBuf>,
 }
 
 /// One run of a plan; the channel is `out` (frames) and `input` (host messages).
@@ -67,7 +71,7 @@ pub fn run(boot: Boot, out: RawFd, input: RawFd, exit: Exit, plan_path: &Path) -
         fatal(&sink, exit, &format!("cannot start the host reader: {e}"));
     }
     sink.send(&hello(&boot, exit));
-    let mut session = Session { sink, control, exit, quiet: false };
+    let mut session = Session { sink, control, exit, quiet: false, cgroup_root: boot.cgroup_root.clone() };
     for (level, note) in &boot.early.notes {
         session.log(*level, note);
     }
@@ -97,6 +101,7 @@ struct Session {
     exit: Exit,
     /// Logs go only over the protocol, not to the console.
     quiet: bool,
+    cgroup_root: Option<PathBuf>,
 }
 
 impl Session {
@@ -113,10 +118,24 @@ impl Session {
         {
             return nothing_run(outcome);
         }
+        if let Some(scn) = &plan.scenario {
+            return self.run_scenario(scn, deadline);
+        }
         match &plan.exec {
             Some(exec) => exec::run(exec, deadline, &self.sink, &self.control),
             None => nothing_run(Outcome::Completed),
         }
+    }
+
+    fn run_scenario(&self, scn: &Scenario, deadline: Instant) -> RunResult {
+        let env = scenario::Env {
+            sink: &self.sink,
+            control: &self.control,
+            cgroup_root: self.cgroup_root.as_deref(),
+            quiet: self.quiet,
+            guest: matches!(self.exit, Exit::PowerOff { .. }),
+        };
+        scenario::run(scn, &env, deadline).unwrap_or_else(|e| fatal(&self.sink, self.exit, &format!("scenario: {e}")))
     }
 
     /// `None` once the host said Start; otherwise why the run ends before starting.

@@ -154,7 +154,9 @@ pub struct WorkerSample {
     pub cpu_time_ns: u64,
     pub run_delay_ns: u64,
     pub timeslices: u64,
-    /// Context switches (`/proc/<pid>/sched` or `/proc/<pid>/status`).
+    /// Context switches (`/proc/<pid>/sched` or `/proc/<pid>/status`). These and `migrations`
+    /// come from a costly read the init may skip on some ticks to keep its overhead within
+    /// 1 % of the period (then they repeat the last values read, at least once a second).
     pub voluntary_switches: u64,
     pub involuntary_switches: u64,
     /// `se.nr_migrations` of `/proc/<pid>/sched`; `None` where the kernel has no such file.
@@ -175,9 +177,11 @@ pub struct WorkerSample {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CpuSample {
     pub cpu: u32,
-    /// Tasks on the run queue now (`/sys/kernel/debug/sched/debug`); `None` where unreadable.
+    /// Tasks on the run queue now (`/sys/kernel/debug/sched/debug`); `None` where unreadable,
+    /// and on ticks the init skips to keep that costly read within 1 % of the period.
     pub nr_running: Option<u32>,
-    /// Calls of `schedule()`, and those that left the CPU idle.
+    /// Calls of `schedule()`, and those that left the CPU idle. This and the wake-up counts
+    /// need `kernel.sched_schedstats` (the init turns it on in a guest; 0 otherwise).
     pub sched_count: u64,
     pub sched_goidle: u64,
     /// Wake-ups done on this CPU, and those of tasks that last ran here.
@@ -198,7 +202,7 @@ pub struct SystemSample {
     pub scx_enable_seq: Option<u64>,
     /// `procs_running` of `/proc/stat`: runnable tasks on all CPUs.
     pub procs_running: Option<u32>,
-    /// Time the init spent reading this tick: the sampler's own cost.
+    /// CPU time the init spent reading this tick: the sampler's own cost.
     pub cost_ns: u64,
 }
 
