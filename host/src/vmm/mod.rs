@@ -40,4 +40,4 @@ pub use error::VmError;
 pub use ports::{MILESTONE_PORT, UnhandledAccess, UnhandledStats};
 pub use serial::{COM1_BASE, COM2_BASE, Console, RecvError};
 pub use vcpu::VcpuRegs;
-pub use vm::{ApStart, Com2, Payload, Stopper, Vm, VmConfig, VmExit, VmOutcome};
+pub use vm::{ApStart, Com2, ConsoleTap, Payload, Stopper, TEARDOWN_GRACE, Vm, VmConfig, VmExit, VmOutcome};
