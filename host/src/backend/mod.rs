@@ -1,8 +1,10 @@
 //! VM backends. Both give the same contract: console bytes (COM1) and a duplex byte channel
 //! (COM2) carrying the wire protocol; the collector does not know which backend ran.
 
+pub mod kvm;
 pub mod qemu;
 
+use crate::vmm::KvmFlavour;
 use ktstr_shared::topology::Topology;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
@@ -79,34 +81,8 @@ impl std::fmt::Display for Backend {
     }
 }
 
-/// The host's KVM, as far as running a full guest is concerned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostKvm {
-    /// Intel VMX or AMD SVM through kvm_intel / kvm_amd.
-    Hardware,
-    /// Something that is not hardware KVM (e.g. PVM), or no usable /dev/kvm: the reason.
-    Unusable(String),
-}
-
-/// Detects whether /dev/kvm can run a full Linux guest here.
-pub fn host_kvm() -> HostKvm {
-    let module = |m: &str| std::path::Path::new("/sys/module").join(m).exists();
-    if module("kvm_pvm") && !module("kvm_intel") && !module("kvm_amd") {
-        return HostKvm::Unusable(
-            "/dev/kvm is PVM (kvm_pvm), which cannot run a guest's userspace; use QEMU or a host with VT-x/AMD-V"
-                .into(),
-        );
-    }
-    if !module("kvm_intel") && !module("kvm_amd") {
-        return HostKvm::Unusable("no hardware KVM (kvm_intel / kvm_amd not loaded)".into());
-    }
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
-        Ok(_) => HostKvm::Hardware,
-        Err(e) => {
-            HostKvm::Unusable(format!("/dev/kvm: {e} (add yourself to group kvm, or modprobe kvm_intel / kvm_amd)"))
-        }
-    }
-}
+/// Set to 1 to run `--backend kvm` on PVM anyway (only early boot works there).
+pub const ALLOW_PVM_ENV: &str = "KTSTR_KVM_ALLOW_PVM";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SelectError {
@@ -114,22 +90,55 @@ pub enum SelectError {
     KvmUnusable(String),
 }
 
+/// Whether the user asked to run the micro-VMM on PVM regardless.
+fn pvm_allowed() -> bool {
+    std::env::var(ALLOW_PVM_ENV).is_ok_and(|v| v == "1")
+}
+
 /// Picks the backend for `choice`; the second value is a one-line notice for the user.
 pub fn select(choice: BackendChoice) -> Result<(Backend, Option<String>), SelectError> {
-    let kvm = host_kvm();
-    match (choice, kvm) {
-        (BackendChoice::Qemu, HostKvm::Hardware) => Ok((Backend::Qemu(Accel::Kvm), None)),
-        (BackendChoice::Qemu, HostKvm::Unusable(_)) => Ok((Backend::Qemu(Accel::Tcg), None)),
-        (BackendChoice::Auto | BackendChoice::Kvm, HostKvm::Hardware) => {
-            // The micro-VMM is not wired into runs yet: QEMU with KVM acceleration.
-            Ok((
-                Backend::Qemu(Accel::Kvm),
-                Some("using QEMU with KVM (the micro-VMM backend is not enabled yet)".into()),
-            ))
+    select_for(choice, &crate::vmm::detect(), pvm_allowed())
+}
+
+fn select_for(
+    choice: BackendChoice,
+    kvm: &KvmFlavour,
+    allow_pvm: bool,
+) -> Result<(Backend, Option<String>), SelectError> {
+    let hardware = matches!(kvm, KvmFlavour::Hardware(_));
+    match choice {
+        BackendChoice::Qemu if hardware => Ok((Backend::Qemu(Accel::Kvm), None)),
+        BackendChoice::Qemu => Ok((Backend::Qemu(Accel::Tcg), None)),
+        BackendChoice::Auto | BackendChoice::Kvm if hardware => Ok((Backend::Kvm, None)),
+        BackendChoice::Auto => {
+            Ok((Backend::Qemu(Accel::Tcg), Some(format!("using QEMU TCG emulation: {}", kvm.explain()))))
         }
-        (BackendChoice::Auto, HostKvm::Unusable(why)) => {
-            Ok((Backend::Qemu(Accel::Tcg), Some(format!("using QEMU TCG emulation: {why}"))))
-        }
-        (BackendChoice::Kvm, HostKvm::Unusable(why)) => Err(SelectError::KvmUnusable(why)),
+        BackendChoice::Kvm if matches!(kvm, KvmFlavour::Pvm) && allow_pvm => Ok((
+            Backend::Kvm,
+            Some(format!("{ALLOW_PVM_ENV}=1: running the micro-VMM on PVM; only early kernel boot works there")),
+        )),
+        BackendChoice::Kvm => Err(SelectError::KvmUnusable(kvm.explain())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmm::detect::CpuVendor;
+
+    #[test]
+    fn selection_per_host_flavour() {
+        let hw = KvmFlavour::Hardware(CpuVendor::Amd);
+        let none = KvmFlavour::Unavailable("no /dev/kvm".into());
+        assert_eq!(select_for(BackendChoice::Auto, &hw, false).unwrap(), (Backend::Kvm, None));
+        assert_eq!(select_for(BackendChoice::Qemu, &hw, false).unwrap().0, Backend::Qemu(Accel::Kvm));
+        let (b, notice) = select_for(BackendChoice::Auto, &KvmFlavour::Pvm, false).unwrap();
+        assert_eq!(b, Backend::Qemu(Accel::Tcg));
+        assert!(notice.unwrap().contains("PVM"));
+        let e = select_for(BackendChoice::Kvm, &KvmFlavour::Pvm, false).unwrap_err().to_string();
+        assert!(e.contains("PVM") && e.contains("--backend qemu"), "{e}");
+        assert_eq!(select_for(BackendChoice::Kvm, &KvmFlavour::Pvm, true).unwrap().0, Backend::Kvm);
+        assert!(select_for(BackendChoice::Kvm, &none, true).is_err());
+        assert_eq!(select_for(BackendChoice::Qemu, &none, false).unwrap().0, Backend::Qemu(Accel::Tcg));
     }
 }
