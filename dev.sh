@@ -68,8 +68,10 @@ case "${1:-}" in
     step "cargo clippy (warnings are errors)"
     cargo clippy --locked --workspace --all-targets -- -D warnings
     build_host
-    step "test kernel: minimal flavour from the distro source (cached after the first build)"
+    step "test kernels from the distro source (cached after the first build)"
     host kernel build
+    step "outer kernel of the KVM-in-QEMU tier (kvm-host flavour)"
+    host kernel build --flavour kvm-host
     step "cargo test (unit and integration tests)"
     cargo test --locked --workspace "$@"
     ;;

@@ -137,7 +137,11 @@ pub fn quiet_kernel_console() -> io::Result<()> {
 }
 
 /// Waits (boundedly: a stuck line must not keep the VM up) for the tty to send what it holds,
-/// syncs, and powers off. Never returns: PID 1 exiting would panic the kernel.
+/// syncs, and ends the VM. Never returns: PID 1 exiting would panic the kernel.
+///
+/// A reboot, not a power-off: both VMMs treat a guest reset as the end (QEMU runs with
+/// `-no-reboot`, the micro-VMM exits on the i8042 reset), while a power-off without ACPI
+/// only halts the kernel ("Power off not available: System halted instead").
 pub fn power_off(tty: Option<RawFd>) -> ! {
     if let Some(fd) = tty {
         bounded(Duration::from_secs(2), move || {
@@ -148,8 +152,8 @@ pub fn power_off(tty: Option<RawFd>) -> ! {
     // SAFETY: sync and reboot take no pointers.
     unsafe {
         libc::sync();
-        libc::reboot(libc::RB_POWER_OFF);
         libc::reboot(libc::RB_AUTOBOOT);
+        libc::reboot(libc::RB_POWER_OFF);
     }
     loop {
         // SAFETY: plain syscall.

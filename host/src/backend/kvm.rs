@@ -25,6 +25,7 @@ impl KvmMachine {
         });
         cfg.memory_mib = u64::from(spec.memory_mib);
         cfg.vcpus = spec.topology.cpus();
+        cfg.topology = Some(spec.topology);
         cfg.timeout = spec.timeout;
         let vm = Vm::new(cfg)?;
         let (com2, console, stopper) = (vm.com2(), Some(vm.console_tap()), vm.stopper());
@@ -78,10 +79,12 @@ impl Machine for KvmMachine {
         Ok(Some(exit))
     }
 
-    fn kill(&mut self) {
+    fn kill(&mut self) -> Option<String> {
         self.stopper.stop();
-        if let Some(h) = self.run.take() {
-            let _ = h.join();
+        match self.run.take()?.join() {
+            Ok(Ok(outcome)) => Some(describe(&outcome)),
+            Ok(Err(e)) => Some(format!("micro-VMM: {e}")),
+            Err(_) => Some("micro-VMM thread panicked".into()),
         }
     }
 }

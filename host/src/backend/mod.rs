@@ -46,8 +46,9 @@ pub trait Machine {
     fn take_channel(&mut self) -> Option<(Box<dyn Read + Send>, Box<dyn Write + Send>)>;
     /// `Some` once the machine has stopped.
     fn try_wait(&mut self) -> io::Result<Option<MachineExit>>;
-    /// Tears the machine down now; idempotent.
-    fn kill(&mut self);
+    /// Tears the machine down now; idempotent. Returns what the machine reported on the
+    /// way down, if anything.
+    fn kill(&mut self) -> Option<String>;
 }
 
 /// `--backend`.

@@ -1,0 +1,114 @@
+//! The micro-VMM end to end on a real KVM: QEMU TCG (`-cpu max` emulates AMD SVM) boots our
+//! `kvm-host` kernel flavour, and inside it `ktstr-host --backend kvm` boots the minimal
+//! kernel with our VMM. One outer boot runs every case through a shell script; each case's
+//! output and exit status come back over the outer VM's protocol channel.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The outer kernel (built and cached on first use, like the default kernel).
+fn kvm_host_kernel() -> Option<serde_json::Value> {
+    default_kernel()?; // same source; skips with a reason where there is none
+    Some(json(&run(host().args(["kernel", "build", "--flavour", "kvm-host", "--json"]))))
+}
+
+/// The ktstr-host to run inside: the release build when present (much faster under
+/// emulation), with debug info stripped so the outer initramfs stays small.
+fn inner_host(dir: &Path) -> PathBuf {
+    let debug = PathBuf::from(bin());
+    let release = debug.parent().and_then(Path::parent).map(|t| t.join("release/ktstr-host"));
+    let src = release.filter(|r| r.is_file()).unwrap_or(debug);
+    eprintln!("inner ktstr-host: {}", src.display());
+    let dst = dir.join("ktstr-host");
+    assert!(Command::new("objcopy").arg("--strip-debug").arg(&src).arg(&dst).status().unwrap().success());
+    dst
+}
+
+const SCRIPT: &str = r#"
+H=/nest/ktstr-host
+K=/nest/bzImage
+kvm() { $H "$@" 2>&1; }
+case_() { name=$1; shift; echo "=== CASE $name"; "$@"; echo "=== END $name exit=$?"; }
+case_ exit0  kvm exec --backend kvm --kernel $K -- /ktstr/bin/true
+case_ exit1  kvm exec --backend kvm --kernel $K -- /ktstr/bin/false
+case_ exit42 kvm exec --backend kvm --kernel $K -- /ktstr/bin/sh -c 'echo hello-from-inner; exit 42'
+case_ smp2   kvm run --json --backend kvm --kernel $K --topology 1n1l2c1t
+case_ smp4   kvm run --json --backend kvm --kernel $K --topology 1n1l4c1t --memory 384
+case_ panic  kvm exec --backend kvm --kernel $K -- /ktstr/bin/sh -c 'echo c > /proc/sysrq-trigger'
+case_ hang   kvm exec --backend kvm --kernel $K --timeout 600 --vm-timeout 8 -- /ktstr/bin/sleep 600
+"#;
+
+/// `=== CASE name` ... `=== END name exit=N` sections: name -> (output, exit).
+fn cases(out: &str) -> BTreeMap<String, (String, i32)> {
+    let mut map = BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in out.lines() {
+        if let Some(name) = line.strip_prefix("=== CASE ") {
+            current = Some((name.to_string(), String::new()));
+        } else if let Some(rest) = line.strip_prefix("=== END ") {
+            let (name, code) = rest.split_once(" exit=").expect("END line");
+            let (cname, body) = current.take().expect("END after CASE");
+            assert_eq!(cname, name);
+            map.insert(cname, (body, code.trim().parse().unwrap()));
+        } else if let Some((_, body)) = current.as_mut() {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    map
+}
+
+fn summary(body: &str) -> serde_json::Value {
+    let start = body.find('{').expect("JSON summary");
+    serde_json::from_str(&body[start..=body.rfind('}').unwrap()]).expect("valid JSON")
+}
+
+#[test]
+fn micro_vmm_runs_real_guests_on_nested_kvm() {
+    let Some(outer) = kvm_host_kernel() else { return };
+    let inner_kernel = default_kernel().unwrap()["image"].as_str().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let inner = inner_host(dir.path());
+    let script = dir.path().join("cases.sh");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let t = std::time::Instant::now();
+    let out = run(host()
+        .args(["exec", "--backend", "qemu", "--memory", "2048", "--timeout", "1500", "--kernel"])
+        .arg(outer["image"].as_str().unwrap())
+        .args(["-i", &format!("{}:/nest/ktstr-host", inner.display())])
+        .args(["-i", &format!("{inner_kernel}:/nest/bzImage")])
+        .args(["-i", &format!("{}:/nest/cases.sh", script.display())])
+        .args(["-e", "KTSTR_CACHE_DIR=/tmp/ktstr-cache", "--", "sh", "/nest/cases.sh"]));
+    eprintln!("TIMING kvm_in_tcg: whole tier {:.1} s", t.elapsed().as_secs_f64());
+    assert!(out.status.success(), "the outer run failed: {}", text(&out.stderr));
+    let got = cases(&text(&out.stdout));
+
+    assert_eq!(got["exit0"].1, 0, "{}", got["exit0"].0);
+    assert_eq!(got["exit1"].1, 1, "{}", got["exit1"].0);
+    assert_eq!(got["exit42"].1, 42, "{}", got["exit42"].0);
+    assert!(got["exit42"].0.contains("hello-from-inner"), "stdout over COM2: {}", got["exit42"].0);
+
+    for (case, cpus) in [("smp2", 2), ("smp4", 4)] {
+        let (body, code) = &got[case];
+        assert_eq!(*code, 0, "{body}");
+        let s = summary(body);
+        assert_eq!(s["backend"], "kvm", "{s}");
+        assert_eq!(s["guest_cpus"], cpus, "APs brought up by INIT/SIPI: {s}");
+        assert!(s["frames"].as_u64().unwrap() >= 3 && s["frames_rejected"] == 0, "protocol channel: {s}");
+        let exit = s["vm_exit"].as_str().unwrap();
+        assert!(exit.contains("guest reset"), "the init ends the VM with an i8042 reset: {exit}");
+        eprintln!("TIMING {case}: hello {:.2} s, host setup {:.0} ms; {exit}", s["hello_s"], s["host_setup_ms"]);
+    }
+
+    let (body, code) = &got["panic"];
+    assert_eq!(*code, 255, "{body}");
+    assert!(body.contains("sysrq triggered crash"), "{body}");
+
+    let (body, code) = &got["hang"];
+    assert_eq!(*code, 124, "{body}");
+    assert!(body.contains("did not finish within 8 s"), "{body}");
+}
