@@ -38,6 +38,8 @@ case_ exit1  kvm exec --backend kvm --kernel $K -- /ktstr/bin/false
 case_ exit42 kvm exec --backend kvm --kernel $K -- /ktstr/bin/sh -c 'echo hello-from-inner; exit 42'
 case_ smp2   kvm run --json --backend kvm --kernel $K --topology 1n1l2c1t
 case_ smp4   kvm run --json --backend kvm --kernel $K --topology 1n1l4c1t --memory 384
+case_ topo_1n2l2c1t kvm run --json --backend kvm --kernel $K --topology 1n2l2c1t --memory 512
+case_ topo_2n4l2c1t kvm run --json --backend kvm --kernel $K --topology 2n4l2c1t --memory 512
 case_ panic  kvm exec --backend kvm --kernel $K -- /ktstr/bin/sh -c 'echo c > /proc/sysrq-trigger'
 case_ hang   kvm exec --backend kvm --kernel $K --timeout 600 --vm-timeout 8 -- /ktstr/bin/sleep 600
 "#;
@@ -102,6 +104,17 @@ fn micro_vmm_runs_real_guests_on_nested_kvm() {
         let exit = s["vm_exit"].as_str().unwrap();
         assert!(exit.contains("guest reset"), "the init ends the VM with an i8042 reset: {exit}");
         eprintln!("TIMING {case}: hello {:.2} s, host setup {:.0} ms; {exit}", s["hello_s"], s["host_setup_ms"]);
+    }
+
+    // Our CPUID (0xB, 0x8000001D/1E under AMD SVM) and ACPI (MADT, SRAT, SLIT) as the inner
+    // kernel reads them: its sysfs view must be the spec's nodes, packages, LLCs and cores.
+    for spec in ["1n2l2c1t", "2n4l2c1t"] {
+        let (body, code) = &got[&format!("topo_{spec}")];
+        let s = summary(body);
+        let check = &s["topology_check"];
+        assert_eq!(check["matches"], true, "{spec}: {check}");
+        assert_eq!(s["backend"], "kvm", "{s}");
+        assert_eq!(*code, 0, "{body}");
     }
 
     let (body, code) = &got["panic"];

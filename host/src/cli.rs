@@ -4,11 +4,12 @@ use crate::backend::{self, Backend, BackendChoice};
 use crate::kernel::{self, cache::Cache, kconfig::Flavour, source::SourceSpec};
 use crate::report;
 use crate::runner::{self, GuestFile, RunRequest};
+use crate::scenario::cmd::{ExplainArgs, JudgeArgs, ListArgs, ScenarioArgs};
 use anyhow::{Context, Result, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use ktstr_shared::plan::{ExecPlan, RunPlan};
 use ktstr_shared::topology::Topology;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,8 +31,19 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the main job: boot the guest kernel and run the default plan
+    /// Run scenarios (--scenario), each in its own VM, and judge them; without --scenario,
+    /// boot the guest kernel and run the trivial default plan
+    ///
+    /// Prints a table (verdict and key numbers per scenario), writes
+    /// <out-dir>/<run-id>/record.json and verdict.json per scenario, and exits 0 only if every
+    /// verdict passed.
     Run(RunArgs),
+    /// List the built-in scenarios and what each proves
+    List(ListArgs),
+    /// Print the verdict thresholds: the defaults, a scenario's, or those a recorded run used
+    Explain(ExplainArgs),
+    /// Judge a recorded run again (record.json), with other thresholds if given; exit 0 if it passes
+    Judge(JudgeArgs),
     /// Run one command in a fresh VM and exit with its exit code (like `vng --exec`)
     ///
     /// The command (and, for scripts, its interpreter) is copied from the host with the
@@ -41,6 +53,9 @@ pub enum Command {
     /// Build, list and clean cached guest kernels
     #[command(subcommand)]
     Kernel(KernelCmd),
+    /// Print this host's CPU topology, a spec's or preset's mapping (with APIC IDs), or
+    /// `topo list`: the presets
+    Topo(crate::topo::TopoArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout
     Completions {
         #[arg(value_enum)]
@@ -74,6 +89,10 @@ pub struct VmArgs {
     /// Show the guest console (kernel log) on stderr as it runs
     #[arg(long)]
     pub console: bool,
+    /// Hard wall-clock limit for the whole VM in seconds (default: the plan's deadline plus a
+    /// boot allowance); the VM is torn down when it passes (exit 124)
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u32).range(1..=86400))]
+    pub vm_timeout: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +102,8 @@ pub struct RunArgs {
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub scenario: ScenarioArgs,
 }
 
 #[derive(Debug, Args)]
@@ -176,9 +197,14 @@ impl Cli {
 /// Runs the parsed command; returns the process exit code.
 pub fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
+        Command::Run(args) if !args.scenario.scenarios.is_empty() => run_scenarios(args),
         Command::Run(args) => run(args),
+        Command::List(args) => crate::scenario::cmd::list(&args),
+        Command::Explain(args) => crate::scenario::cmd::explain(&args),
+        Command::Judge(args) => crate::scenario::cmd::judge(&args),
         Command::Exec(args) => exec(args),
         Command::Kernel(cmd) => kernel_cmd(cmd),
+        Command::Topo(args) => crate::topo::command(&args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "ktstr-host", &mut std::io::stdout());
             Ok(0)
@@ -211,6 +237,7 @@ fn request(vm: &VmArgs, k: kernel::Kernel, backend: Backend, plan: RunPlan, file
         files,
         console: vm.console,
         stream_output: false,
+        vm_timeout: vm.vm_timeout.map(|s| std::time::Duration::from_secs(u64::from(s))),
     }
 }
 
@@ -230,6 +257,37 @@ fn run(args: RunArgs) -> Result<i32> {
     Ok(if summary.passed { 0 } else { 1 })
 }
 
+/// `run --scenario ...`: one VM per scenario, in order; a table row as each finishes.
+fn run_scenarios(args: RunArgs) -> Result<i32> {
+    let resolved = crate::scenario::cmd::resolve_all(&args.scenario, &args.vm.topology)?;
+    let (cache, k, backend) = prepare(&args.vm)?;
+    let mut rows = Vec::new();
+    if !args.json {
+        println!("{}", report::scenario_header());
+    }
+    for r in &resolved {
+        let plan = crate::scenario::plan(r, !args.vm.console);
+        let req = request(&args.vm, k.clone(), backend, plan, Vec::new());
+        let out = runner::run(&cache, &req)?;
+        let row = crate::scenario::cmd::finish(r, &k, &req, out, &args.scenario)?;
+        if !args.json {
+            println!("{}", report::scenario_line(&row));
+        }
+        rows.push(row);
+        if crate::interrupt::interrupted() {
+            return Err(crate::interrupt::Interrupted.into());
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        report::print_scenario_failures(&rows);
+        let passed = rows.iter().filter(|r| r.passed).count();
+        println!("\n{passed} of {} scenarios passed; records in {}", rows.len(), args.scenario.out_dir.display());
+    }
+    Ok(if rows.iter().all(|r| r.passed) { 0 } else { 1 })
+}
+
 /// The command's PATH: the user's, else the default one, with the busybox applets last.
 fn with_userland_path(mut env: Vec<(String, String)>) -> Vec<(String, String)> {
     if !env.iter().any(|(k, _)| k == "PATH") {
@@ -240,11 +298,18 @@ fn with_userland_path(mut env: Vec<(String, String)>) -> Vec<(String, String)> {
 }
 
 fn exec(args: ExecArgs) -> Result<i32> {
-    let program = runner::find_program(&args.command[0])?;
-    let mut files = runner::program_files(&program)?;
-    for spec in &args.include {
-        files.push(GuestFile::parse(spec)?);
-    }
+    let includes = args.include.iter().map(|s| GuestFile::parse(s)).collect::<Result<Vec<_>>>()?;
+    // A command given by the guest path of an --include runs as it is in the guest.
+    let cmd = &args.command[0];
+    let included = includes.iter().any(|f| cmd.starts_with('/') && Path::new(cmd).starts_with(&f.guest));
+    let (program, mut files) = if included {
+        (PathBuf::from(cmd), Vec::new())
+    } else {
+        let program = runner::find_program(cmd)?;
+        let files = runner::program_files(&program)?;
+        (program, files)
+    };
+    files.extend(includes);
     let env = args
         .env
         .iter()

@@ -4,6 +4,7 @@
 
 use crate::backend::{Machine, MachineExit};
 use crate::interrupt;
+use crate::record::Telemetry;
 use ktstr_shared::wire::{DecodeStats, FrameDecoder, GuestMsg, Hello, LogLevel, RunResult, Stream};
 use std::io::{Read, Write};
 use std::sync::mpsc;
@@ -96,6 +97,13 @@ pub struct Collected {
     pub decode: DecodeStats,
     pub phases: Phases,
     pub end: End,
+    /// What the backend said when it had to be torn down (timeout, Ctrl-C): e.g. the
+    /// micro-VMM's boot phases so far.
+    pub teardown: Option<String>,
+    /// Scenario telemetry (samples, reports, events, logs), bounded.
+    pub telemetry: Telemetry,
+    /// The guest's view of its CPU topology (one entry per CPU, bounded by MAX_CPUS).
+    pub topology: Vec<ktstr_shared::wire::CpuTopo>,
 }
 
 enum Event {
@@ -131,15 +139,18 @@ pub fn supervise(machine: &mut dyn Machine, timeout: Duration, opts: Options) ->
         decode: DecodeStats::default(),
         phases: Phases::default(),
         end: End::Interrupted,
+        teardown: None,
+        telemetry: Telemetry::default(),
+        topology: Vec::new(),
     };
     let mut bye_at: Option<Instant> = None;
     c.end = loop {
         if interrupt::interrupted() {
-            machine.kill();
+            c.teardown = machine.kill();
             break End::Interrupted;
         }
         if start.elapsed() >= timeout || bye_at.is_some_and(|t| t.elapsed() > POWEROFF_GRACE) {
-            machine.kill();
+            c.teardown = machine.kill();
             if bye_at.is_some() {
                 // Finished its work but did not power off: still a complete run.
                 break End::Exited(MachineExit {
@@ -225,14 +236,18 @@ fn handle_msg(c: &mut Collected, m: GuestMsg, start: Instant, opts: Options, bye
             *bye_at = Some(Instant::now());
         }
         GuestMsg::Panic { text } => c.init_panic = Some(text.as_str().to_owned()),
-        GuestMsg::Log { level, text, .. } => {
+        GuestMsg::Topology(cpu) if c.topology.len() < ktstr_shared::wire::MAX_CPUS => c.topology.push(cpu),
+        GuestMsg::Log { t_ns, level, text } => {
             tracing::info!("guest: {}", text.as_str());
             if c.logs.len() < 10_000 {
                 c.logs.push((level, text.as_str().to_owned()));
             }
+            c.telemetry.push(GuestMsg::Log { t_ns, level, text });
         }
-        // Telemetry is recorded by later stages; nothing to do for exec runs.
-        _ => {}
+        // Samples, reports and events: kept (bounded) for the run record.
+        other => {
+            c.telemetry.push(other);
+        }
     }
 }
 

@@ -55,6 +55,11 @@ fn failure(out: &RunOutput) -> Option<(i32, String)> {
     None
 }
 
+/// Why a VM run failed before its plan could finish (interrupt, panic, timeout, VM died).
+pub fn vm_problem(out: &RunOutput) -> Option<String> {
+    failure(out).map(|(_, msg)| msg)
+}
+
 /// `exec`'s exit code and an optional message for stderr.
 pub fn exec_status(out: &RunOutput) -> (i32, Option<String>) {
     if let Some((code, msg)) = failure(out) {
@@ -103,20 +108,39 @@ pub struct RunSummary {
     pub initrd_bytes: u64,
     pub frames: u64,
     pub frames_rejected: u64,
+    /// How the VM ended, as the backend reports it (micro-VMM: exit kind and boot phases).
+    pub vm_exit: String,
     pub problem: Option<String>,
+    /// The guest's reported topology against the spec (None when the guest sent none).
+    pub topology_check: Option<crate::topo::TopologyVerdict>,
+}
+
+fn teardown(c: &crate::collect::Collected) -> &str {
+    c.teardown.as_deref().unwrap_or("torn down")
 }
 
 fn secs(d: Option<std::time::Duration>) -> Option<f64> {
     d.map(|d| d.as_secs_f64())
 }
 
+/// A run whose guest saw another topology than the spec fails, naming the first mismatch.
+fn topology_problem(v: Option<&crate::topo::TopologyVerdict>) -> Option<String> {
+    let v = v.filter(|v| !v.matches)?;
+    let first = v.mismatches.first().map_or("", String::as_str);
+    Some(format!("the guest's topology differs from the spec ({} mismatches): {first}", v.mismatches_total))
+}
+
 impl RunSummary {
     pub fn new(k: &Kernel, req: &RunRequest, out: &RunOutput) -> Self {
         let c = &out.collected;
-        let problem = failure(out).map(|(_, m)| m).or_else(|| {
-            let r = c.result.as_ref()?;
-            (r.outcome.exit_code() != 0).then(|| format!("the default plan's command ended with {:?}", r.outcome))
-        });
+        let topology_check = (!c.topology.is_empty()).then(|| crate::topo::check(&req.topology, &c.topology));
+        let problem = failure(out)
+            .map(|(_, m)| m)
+            .or_else(|| {
+                let r = c.result.as_ref()?;
+                (r.outcome.exit_code() != 0).then(|| format!("the default plan's command ended with {:?}", r.outcome))
+            })
+            .or_else(|| topology_problem(topology_check.as_ref()));
         RunSummary {
             passed: problem.is_none() && c.hello.is_some(),
             kernel: k.origin.clone(),
@@ -137,7 +161,13 @@ impl RunSummary {
             initrd_bytes: out.initrd_bytes,
             frames: c.decode.frames,
             frames_rejected: c.decode.rejected(),
+            vm_exit: match &c.end {
+                End::Exited(e) => e.detail.clone(),
+                End::Timeout(t) => format!("timed out after {:.0} s; {}", t.as_secs_f64(), teardown(c)),
+                End::Interrupted => format!("interrupted; {}", teardown(c)),
+            },
             problem,
+            topology_check,
         }
     }
 
@@ -168,4 +198,67 @@ impl RunSummary {
             (None, false) => println!("result     FAIL: no Hello from the guest"),
         }
     }
+}
+
+/// One scenario run, for the `run --scenario` table and `--json`.
+#[derive(Debug, Serialize)]
+pub struct ScenarioRow {
+    pub scenario: String,
+    pub passed: bool,
+    /// Where its record.json went (verdict.json beside it).
+    pub record: std::path::PathBuf,
+    /// Host time for the whole VM run.
+    pub wall_s: f64,
+    pub verdict: crate::verdict::Verdict,
+}
+
+/// The header of the scenario table.
+pub fn scenario_header() -> String {
+    format!(
+        "{:<26} {:<7} {:>7} {:>10} {:>9} {:>8} {:>9} {:>6} {:>6}  FAILED CHECKS",
+        "SCENARIO", "VERDICT", "WORKERS", "UNITS", "MAX GAP", "SPREAD", "P99 WAKE", "RATIO", "TIME"
+    )
+}
+
+/// One table line: the scenario, its verdict and its key numbers.
+pub fn scenario_line(row: &ScenarioRow) -> String {
+    let n = &row.verdict.numbers;
+    let opt = |v: Option<f64>, unit: &str, prec: usize| v.map_or("-".into(), |v| format!("{v:.prec$}{unit}"));
+    let failed: Vec<&str> = row.verdict.failures().map(|c| c.name.as_str()).collect();
+    format!(
+        "{:<26} {:<7} {:>7} {:>10} {:>9} {:>8} {:>9} {:>6} {:>5.0}s  {}",
+        row.scenario,
+        if row.passed { "PASS" } else { "FAIL" },
+        n.workers,
+        n.units,
+        opt(n.max_gap_ms, "ms", 0),
+        opt(n.spread_pct, "%", 1),
+        opt(n.p99_wake_us, "us", 0),
+        opt(n.cpu_ratio, "", 2),
+        row.wall_s,
+        failed.join(", ")
+    )
+}
+
+/// The failures of every failed scenario, after the table.
+pub fn print_scenario_failures(rows: &[ScenarioRow]) {
+    for row in rows.iter().filter(|r| !r.passed) {
+        println!("\n{} FAILED ({}):", row.scenario, row.record.display());
+        for c in row.verdict.failures() {
+            println!("  {}: {}", c.name, c.detail);
+        }
+    }
+}
+
+/// Every check of a verdict, one per line, and the overall result.
+pub fn print_verdict(v: &crate::verdict::Verdict) {
+    for c in &v.checks {
+        let status = match (c.passed, c.skipped) {
+            (false, _) => "FAIL",
+            (true, true) => "skip",
+            (true, false) => "pass",
+        };
+        println!("  {status}  {:<18} {}", c.name, c.detail);
+    }
+    println!("verdict: {}", if v.passed { "PASS" } else { "FAIL" });
 }

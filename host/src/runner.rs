@@ -24,6 +24,8 @@ pub struct RunRequest {
     pub files: Vec<GuestFile>,
     pub console: bool,
     pub stream_output: bool,
+    /// Overrides the VM's hard timeout (plan deadline + boot allowance).
+    pub vm_timeout: Option<Duration>,
 }
 
 /// A host file (or directory, recursively) and where it goes in the guest.
@@ -102,17 +104,19 @@ pub fn cmdline(console: bool) -> String {
 
 /// Where a basic userland (busybox applets) lives in the guest; appended to the command's PATH.
 pub const USERLAND_BIN: &str = "/ktstr/bin";
-const BUSYBOX: &str = "/bin/busybox";
+/// Where a static busybox is looked for: the distro's, else our own userland (nested runs).
+const BUSYBOX: [&str; 2] = ["/bin/busybox", "/ktstr/bin/busybox"];
 
 /// Adds the host's static busybox and its applet links under [`USERLAND_BIN`], so shell
 /// one-liners find `head`, `nproc`, `grep`... Skipped (with a debug log) when it is absent.
 fn add_userland(base: &mut InitramfsBuilder) -> Result<()> {
-    let Ok(list) = std::process::Command::new(BUSYBOX).arg("--list").output() else {
-        tracing::debug!("{BUSYBOX} not found: the guest has no basic userland (apt-get install busybox-static)");
+    let found = BUSYBOX.iter().find_map(|b| Some((*b, std::process::Command::new(b).arg("--list").output().ok()?)));
+    let Some((busybox, list)) = found else {
+        tracing::debug!("no static busybox: the guest has no basic userland (apt-get install busybox-static)");
         return Ok(());
     };
     let target = format!("{USERLAND_BIN}/busybox");
-    base.add_binary(BUSYBOX, &target)?;
+    base.add_binary(busybox, &target)?;
     for applet in String::from_utf8_lossy(&list.stdout).lines().filter(|a| !a.is_empty() && !a.contains('/')) {
         if applet != "busybox" {
             base.add_symlink(&format!("{USERLAND_BIN}/{applet}"), &target)?;
@@ -144,13 +148,28 @@ pub fn initramfs(cache: &Cache, plan: &RunPlan, files: &[GuestFile], dir: &Path)
     Ok(out)
 }
 
+/// The micro-VMM variant of a spec: on PVM (only with the explicit override) the ELF
+/// vmlinux boots where a bzImage's decompressor is too slow, and the kernel must avoid the
+/// instructions PVM's emulator cannot run.
+fn kvm_spec(mut spec: VmSpec, kernel: &Kernel) -> VmSpec {
+    if matches!(crate::vmm::detect(), crate::vmm::KvmFlavour::Pvm) {
+        if let Some(v) = &kernel.vmlinux {
+            spec.kernel = v.clone();
+        }
+        spec.cmdline.push_str(" noxsave clearcpuid=popcnt,smap,smep,cx16");
+    }
+    spec
+}
+
 /// Boots, supervises and tears down one VM.
 pub fn run(cache: &Cache, req: &RunRequest) -> Result<RunOutput> {
     let t0 = Instant::now();
     let dir = tempfile::Builder::new().prefix("ktstr-run-").tempdir().context("creating a temp dir for the run")?;
     let initrd = initramfs(cache, &req.plan, &req.files, dir.path())?;
     let initrd_bytes = std::fs::metadata(&initrd)?.len();
-    let timeout = Duration::from_millis(u64::from(req.plan.deadline_ms)) + boot_allowance(&req.topology, req.backend);
+    let timeout = req.vm_timeout.unwrap_or_else(|| {
+        Duration::from_millis(u64::from(req.plan.deadline_ms)) + boot_allowance(&req.topology, req.backend)
+    });
     let spec = VmSpec {
         kernel: req.kernel.image.clone(),
         initrd,
@@ -161,7 +180,7 @@ pub fn run(cache: &Cache, req: &RunRequest) -> Result<RunOutput> {
     };
     let mut machine: Box<dyn Machine> = match req.backend {
         Backend::Qemu(accel) => Box::new(backend::qemu::Qemu::start(&spec, accel, dir.path())?),
-        Backend::Kvm => bail!("the KVM micro-VMM backend is not wired into runs yet; use --backend qemu"),
+        Backend::Kvm => Box::new(backend::kvm::KvmMachine::start(&kvm_spec(spec.clone(), &req.kernel))?),
     };
     let setup = t0.elapsed();
     let opts = collect::Options { echo_console: req.console, stream_output: req.stream_output };

@@ -14,6 +14,7 @@ mod session;
 mod shm;
 mod sink;
 mod sys;
+mod topo;
 mod watchdog;
 mod worker;
 mod workers;

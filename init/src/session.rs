@@ -71,6 +71,12 @@ pub fn run(boot: Boot, out: RawFd, input: RawFd, exit: Exit, plan_path: &Path) -
         fatal(&sink, exit, &format!("cannot start the host reader: {e}"));
     }
     sink.send(&hello(&boot, exit));
+    if matches!(exit, Exit::PowerOff { .. }) {
+        // The guest's view of its topology, for the host to check against the spec.
+        for cpu in crate::topo::read() {
+            sink.send(&GuestMsg::Topology(cpu));
+        }
+    }
     let mut session = Session { sink, control, exit, quiet: false, cgroup_root: boot.cgroup_root.clone() };
     for (level, note) in &boot.early.notes {
         session.log(*level, note);

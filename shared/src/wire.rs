@@ -84,6 +84,37 @@ pub enum GuestMsg {
     Pong { seq: u32 },
     /// A milestone of a scenario run (start, steps, early worker exits, end).
     Scenario(ScenarioEvent),
+    /// The guest kernel's view of one CPU's place (one message per online CPU, after Hello).
+    Topology(CpuTopo),
+}
+
+/// Sched domain levels reported per CPU (SMT, CLS, MC, PKG, NUMA...).
+pub const MAX_DOMAINS: usize = 8;
+pub type DomainName = heapless::String<16>;
+pub type Domains = heapless::Vec<DomainName, MAX_DOMAINS>;
+
+/// What the guest kernel says about one CPU (sysfs and the sched debugfs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuTopo {
+    pub cpu: u32,
+    /// NUMA node, or [`CpuTopo::UNKNOWN`] (kernel without NUMA).
+    pub node: u32,
+    /// topology/physical_package_id.
+    pub package: u32,
+    /// topology/die_id.
+    pub die: u32,
+    /// topology/core_id.
+    pub core: u32,
+    /// shared_cpu_list of the highest cache index (the LLC); empty when the kernel has none.
+    pub llc: CpuMask,
+    /// topology/thread_siblings_list.
+    pub siblings: CpuMask,
+    /// Sched domain names from the lowest level up (empty without debugfs).
+    pub domains: Domains,
+}
+
+impl CpuTopo {
+    pub const UNKNOWN: u32 = u32::MAX;
 }
 
 /// Host -> guest. New variants go at the end.
@@ -624,5 +655,34 @@ fn decode_frame<M: DeserializeOwned>(frame: &mut [u8]) -> Result<M, FrameError> 
     match postcard::take_from_bytes::<M>(payload) {
         Ok((msg, [])) => Ok(msg),
         _ => Err(FrameError::BadPostcard),
+    }
+}
+
+#[cfg(test)]
+mod topology_msg_tests {
+    use super::*;
+
+    #[test]
+    fn the_largest_topology_message_fits_one_frame() {
+        let all = cpu_mask(0..MAX_CPUS as u32);
+        let mut domains = heapless::Vec::new();
+        for _ in 0..MAX_DOMAINS {
+            domains.push(DomainName::try_from("NUMA-LEVEL-XXXXX").unwrap()).unwrap();
+        }
+        let m = GuestMsg::Topology(CpuTopo {
+            cpu: u32::MAX,
+            node: CpuTopo::UNKNOWN,
+            package: u32::MAX,
+            die: u32::MAX,
+            core: u32::MAX,
+            llc: all.clone(),
+            siblings: all,
+            domains,
+        });
+        let frame = encode_to_vec(&m).expect("fits");
+        let mut dec: FrameDecoder<GuestMsg> = FrameDecoder::new();
+        let mut got = None;
+        dec.push(&frame, |d| got = Some(d));
+        assert_eq!(got, Some(m));
     }
 }

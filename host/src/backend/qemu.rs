@@ -39,10 +39,10 @@ pub fn args(spec: &VmSpec, accel: Accel, socket: &Path) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     match accel {
-        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
-        // `max` on TCG: every feature TCG emulates (AMD SVM included, for nested KVM tests).
-        Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
+        Accel::Kvm => push(&["-accel", "kvm"]),
+        Accel::Tcg => push(&["-accel", "tcg"]),
     }
+    push(&["-cpu", cpu_model(&spec.topology, accel)]);
     push(&["-M", "pc", "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none", "-no-reboot"]);
     push(&["-m", &format!("{}M", spec.memory_mib)]);
     a.extend(topology_args(&spec.topology, spec.memory_mib));
@@ -55,10 +55,30 @@ pub fn args(spec: &VmSpec, accel: Accel, socket: &Path) -> Vec<String> {
     a
 }
 
-/// `-smp` and `-numa` for a topology. Each LLC is a socket for now (QEMU's AMD CPU models
-/// tie L3 to the socket); several LLCs per socket come with the topology work.
+/// The CPU model for a topology. On TCG: `max` (every feature TCG emulates, AMD SVM included,
+/// for the nested KVM tests) when each socket has one LLC; an Intel model when a socket has
+/// several, because QEMU's AMD models tie L3 to the socket while Intel ones give each die its
+/// own L3 (QEMU 7.2). On KVM: `host`, whose vendor decides (AMD hosts then share L3 per socket).
+pub fn cpu_model(t: &Topology, accel: Accel) -> &'static str {
+    match accel {
+        Accel::Kvm => "host",
+        Accel::Tcg if t.llcs_per_socket() > 1 => "Skylake-Server",
+        Accel::Tcg => "max",
+    }
+}
+
+/// `-smp` (sockets, dies = LLCs per socket, cores per LLC, threads) and, with several nodes,
+/// `-numa` nodes (RAM split evenly, CPUs in index order, which is the spec's CPU order) and
+/// SLIT distances (10 local, 20 remote).
 pub fn topology_args(t: &Topology, memory_mib: u32) -> Vec<String> {
-    let smp = format!("{},sockets={},cores={},threads={}", t.cpus(), t.llcs, t.cores_per_llc, t.threads_per_core);
+    let smp = format!(
+        "{},sockets={},dies={},cores={},threads={}",
+        t.cpus(),
+        t.sockets,
+        t.llcs_per_socket(),
+        t.cores_per_llc,
+        t.threads_per_core
+    );
     let mut a = vec!["-smp".to_string(), smp];
     if t.nodes > 1 {
         let per_node = t.cpus_per_node();
@@ -71,6 +91,10 @@ pub fn topology_args(t: &Topology, memory_mib: u32) -> Vec<String> {
             let (first, last) = (n * per_node, (n + 1) * per_node - 1);
             a.push("-numa".into());
             a.push(format!("node,nodeid={n},cpus={first}-{last},memdev=mem{n}"));
+        }
+        for (src, dst) in (0..t.nodes).flat_map(|s| (0..t.nodes).map(move |d| (s, d))).filter(|(s, d)| s != d) {
+            a.push("-numa".into());
+            a.push(format!("dist,src={src},dst={dst},val=20"));
         }
     }
     a
@@ -156,13 +180,14 @@ impl Machine for Qemu {
         }))
     }
 
-    fn kill(&mut self) {
+    fn kill(&mut self) -> Option<String> {
         // SAFETY: signalling the process group we created for QEMU.
         unsafe {
             libc::kill(-(self.child.id() as i32), libc::SIGKILL);
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        None
     }
 }
 
@@ -182,12 +207,25 @@ mod tests {
     fn topology_becomes_smp_and_numa() {
         let t: Topology = "2n4l2c2t".parse().unwrap();
         let a = topology_args(&t, 1024);
-        assert_eq!(a[..2], ["-smp", "16,sockets=4,cores=2,threads=2"]);
+        assert_eq!(a[..2], ["-smp", "16,sockets=2,dies=2,cores=2,threads=2"]);
         let numa: Vec<&String> = a.iter().filter(|s| s.starts_with("node,")).collect();
         assert_eq!(numa, ["node,nodeid=0,cpus=0-7,memdev=mem0", "node,nodeid=1,cpus=8-15,memdev=mem1"]);
         assert!(a.contains(&"memory-backend-ram,id=mem1,size=512M".to_string()));
+        assert!(a.contains(&"dist,src=1,dst=0,val=20".to_string()));
+        assert_eq!(a.iter().filter(|s| s.starts_with("dist,")).count(), 2);
         let single = topology_args(&Topology::default(), 512);
-        assert_eq!(single, ["-smp", "2,sockets=1,cores=2,threads=1"]);
+        assert_eq!(single, ["-smp", "2,sockets=1,dies=1,cores=2,threads=1"]);
+        let two_sockets: Topology = "1n2l2c1t2s".parse().unwrap();
+        assert_eq!(topology_args(&two_sockets, 512)[1], "4,sockets=2,dies=1,cores=2,threads=1");
+    }
+
+    #[test]
+    fn several_llcs_per_socket_need_an_intel_model_on_tcg() {
+        let one: Topology = "2n2l2c1t".parse().unwrap();
+        let many: Topology = "1n3l3c1t".parse().unwrap();
+        assert_eq!(cpu_model(&one, Accel::Tcg), "max");
+        assert_eq!(cpu_model(&many, Accel::Tcg), "Skylake-Server");
+        assert_eq!(cpu_model(&many, Accel::Kvm), "host");
     }
 
     #[test]
