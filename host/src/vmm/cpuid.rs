@@ -12,6 +12,8 @@ const LEAF_EXT_TOPOLOGY_V2: u32 = 0x1f;
 const LEAF_AMD_EXT_APIC_ID: u32 = 0x8000_001e;
 /// Leaf 1 ECX bit 31: "running under a hypervisor".
 const ECX_HYPERVISOR: u32 = 1 << 31;
+/// Leaf 1 ECX bit 24: the LAPIC timer has TSC-deadline mode.
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 
 /// The APIC ID of vCPU `index` (identity until topologies exist).
 pub fn apic_id(index: u32) -> u32 {
@@ -29,6 +31,21 @@ pub fn patch_entry(entry: &mut kvm_cpuid_entry2, apic_id: u32) {
         LEAF_EXT_TOPOLOGY | LEAF_EXT_TOPOLOGY_V2 => entry.edx = apic_id,
         LEAF_AMD_EXT_APIC_ID => entry.eax = apic_id,
         _ => {}
+    }
+}
+
+/// Adds the features KVM emulates but leaves out of KVM_GET_SUPPORTED_CPUID because they need
+/// the VMM's consent (Documentation/virt/kvm/api.rst): the TSC-deadline LAPIC timer, reported
+/// through KVM_CAP_TSC_DEADLINE_TIMER instead.
+///
+/// Without it Linux must calibrate the LAPIC timer against the PIT and verify it; on a slow or
+/// overcommitted host (nested KVM under emulation) that verification mostly fails, the LAPIC
+/// timers are declared dummy and every CPU's tick hangs off the PIT through broadcast IPIs.
+pub fn add_emulated_features(cpuid: &mut CpuId, tsc_deadline: bool) {
+    for entry in cpuid.as_mut_slice() {
+        if entry.function == LEAF_FEATURES && tsc_deadline {
+            entry.ecx |= ECX_TSC_DEADLINE;
+        }
     }
 }
 
@@ -103,6 +120,17 @@ mod tests {
         let cpuid = for_vcpu(&base, 3);
         assert_eq!(cpuid.as_slice()[0], base.as_slice()[0]);
         assert_eq!(base.as_slice()[1].ebx, 0xff08_0800);
+    }
+
+    #[test]
+    fn tsc_deadline_only_when_kvm_emulates_it() {
+        let mut cpuid = base();
+        add_emulated_features(&mut cpuid, false);
+        assert_eq!(cpuid.as_slice(), base().as_slice());
+        add_emulated_features(&mut cpuid, true);
+        let leaf1 = cpuid.as_slice().iter().find(|e| e.function == 1).unwrap();
+        assert_eq!(leaf1.ecx, 0x0120_2000 | ECX_TSC_DEADLINE);
+        assert_eq!((leaf1.eax, leaf1.ebx, leaf1.edx), (0x00a0_0f11, 0xff08_0800, 0x178b_fbff));
     }
 
     #[test]

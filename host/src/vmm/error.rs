@@ -31,6 +31,9 @@ pub enum VmError {
     #[error("vcpus = {requested}: {problem}")]
     Vcpus { requested: u32, problem: String },
 
+    #[error("topology {spec}: {problem}")]
+    Topology { spec: String, problem: String },
+
     #[error("{path}: cannot read: {source}")]
     ReadFile {
         path: PathBuf,

@@ -7,7 +7,7 @@
 //! 0x0000_7000  zero page (boot_params)  0x0000_8ff0  boot stack top (grows down)
 //! 0x0000_9000  PML4  0xa000 PDPT  0xb000..0xefff four PDs (identity map of 0..4 GiB)
 //! 0x0002_0000  kernel command line (up to 64 KiB)
-//! 0x0009_fc00  EBDA (reserved)          0x000e_0000  BIOS area: MP table at 0xf_0000
+//! 0x0009_fc00  EBDA (reserved)          0x000e_0000  BIOS area: ACPI tables; MP table at 0xf_0000
 //! 0x0010_0000  kernel (bzImage protected-mode part / raw code)
 //! ...          initrd at the top of low RAM
 //! 0xc000_0000  MMIO hole (IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000, KVM TSS/identity page)
@@ -35,6 +35,9 @@ pub const CMDLINE_MAX: usize = 0x1_0000;
 pub const EBDA_START: u64 = 0x9_fc00;
 /// BIOS area [0xe0000, 1 MiB): ACPI tables (later) and the MP table live here.
 pub const BIOS_AREA_START: u64 = 0xe_0000;
+/// ACPI tables (RSDP first, found through boot_params.acpi_rsdp_addr), below the MP table's spot.
+pub const ACPI_ADDR: u64 = BIOS_AREA_START;
+pub const ACPI_END: u64 = MPTABLE_ADDR;
 /// The MP floating pointer; Linux scans 0xf0000..0x100000 for it.
 pub const MPTABLE_ADDR: u64 = 0xf_0000;
 pub const HIMEM_START: u64 = 0x10_0000;

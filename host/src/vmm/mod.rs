@@ -18,6 +18,7 @@
 //! # Ok::<(), ktstr_host::vmm::VmError>(())
 //! ```
 
+pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod detect;
@@ -32,6 +33,8 @@ pub mod ports;
 pub mod pvm;
 pub mod regs;
 pub mod serial;
+pub mod topology_cpuid;
+pub mod topology_setup;
 pub mod vcpu;
 pub mod vm;
 

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
@@ -25,7 +25,8 @@ use super::serial::{
     ByteStream, COM1_IRQ, COM2_IRQ, Console, ConsoleLog, RecvError, SharedConsole, StreamWriter, Uart, lock,
 };
 use super::vcpu::{self, Event, StartMode, VcpuRegs, VcpuStop, VcpuThread};
-use super::{gdt, mptable, paging};
+use super::{gdt, mptable, paging, topology_setup};
+use ktstr_shared::topology::Topology;
 
 /// What the VM boots.
 #[derive(Clone, Debug)]
@@ -58,6 +59,9 @@ pub struct VmConfig {
     /// Bytes of console output kept (the tail); older bytes are counted, not kept.
     pub console_capacity: usize,
     pub ap_start: ApStart,
+    /// The CPU topology: per-vCPU CPUID and ACPI tables (MADT/SRAT/SLIT) instead of the MP
+    /// table; its CPU count must equal `vcpus`. None: identity APIC IDs and an MP table.
+    pub topology: Option<Topology>,
 }
 
 impl VmConfig {
@@ -74,6 +78,7 @@ impl VmConfig {
             echo_console: false,
             console_capacity: Self::DEFAULT_CONSOLE_CAPACITY,
             ap_start: ApStart::WaitForSipi,
+            topology: None,
         }
     }
 
@@ -254,12 +259,13 @@ fn setup_platform(vm: &VmFd) -> Result<(), VmError> {
 }
 
 /// GDT, IDT (one zero gate) and identity page tables: the state every entry path shares.
-fn write_boot_tables(memory: &GuestMemoryMmap, vcpus: u32) -> Result<(), VmError> {
+fn write_boot_tables(memory: &GuestMemoryMmap, vcpus: u32, mp_table: bool) -> Result<(), VmError> {
     let gdt: Vec<u8> = gdt::boot_gdt().iter().flat_map(|e| e.to_le_bytes()).collect();
     memory.write_slice(&gdt, GuestAddress(GDT_ADDR)).map_err(VmError::guest_write("GDT", GDT_ADDR))?;
     memory.write_obj(0u64, GuestAddress(IDT_ADDR)).map_err(VmError::guest_write("IDT", IDT_ADDR))?;
     paging::write(memory)?;
-    mptable::write(memory, vcpus)
+    // With ACPI (a topology) Linux ignores the MP table, so it is only written without one.
+    if mp_table { mptable::write(memory, vcpus) } else { Ok(()) }
 }
 
 /// Loads the payload and writes the zero page; returns the entry point.
@@ -305,16 +311,23 @@ fn create_devices(vm: &VmFd, config: &VmConfig) -> Result<Devices, VmError> {
 }
 
 fn create_vcpus(kvm: &Kvm, vm: &VmFd, config: &VmConfig, entry: u64) -> Result<Vec<VcpuFd>, VmError> {
-    let base = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(VmError::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut base = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(VmError::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    super::cpuid::add_emulated_features(&mut base, kvm.check_extension(Cap::TscDeadlineTimer));
+    let topology_cpuid = config.topology.as_ref().map(|t| topology_setup::cpuid_tables(&base, t));
     (0..config.vcpus)
         .map(|index| {
-            let fd = vm.create_vcpu(u64::from(index)).map_err(VmError::vcpu(index, "KVM_CREATE_VCPU"))?;
+            let id = topology_setup::vcpu_id(config.topology.as_ref(), index);
+            let fd = vm.create_vcpu(id).map_err(VmError::vcpu(index, "KVM_CREATE_VCPU"))?;
             let start = if index == 0 || config.ap_start == ApStart::Runnable {
                 StartMode::Entry(entry)
             } else {
                 StartMode::WaitForSipi
             };
             vcpu::configure(&fd, index, &base, start)?;
+            if let Some(tables) = &topology_cpuid {
+                // Replaces the identity-ID table `configure` set (allowed before the first KVM_RUN).
+                fd.set_cpuid2(&tables[index as usize]).map_err(VmError::vcpu(index, "KVM_SET_CPUID2"))?;
+            }
             Ok(fd)
         })
         .collect()
@@ -328,6 +341,9 @@ impl Vm {
         memory::check_fits_host(config.memory_mib, memory::host_memory_mib())?;
         let (kvm, flavour) = open_kvm()?;
         check_vcpus(&kvm, config.vcpus)?;
+        if let Some(t) = &config.topology {
+            topology_setup::check(t, config.vcpus)?;
+        }
         vcpu::install_kick_handler()?;
         let vm_fd = create_vm(&kvm)?;
         setup_platform(&vm_fd)?;
@@ -337,8 +353,11 @@ impl Vm {
         memory::register(&vm_fd, &memory)?;
         timeline.mark("memory_ready");
 
-        write_boot_tables(&memory, config.vcpus)?;
+        write_boot_tables(&memory, config.vcpus, config.topology.is_none())?;
         let (entry, kernel) = load_payload(&memory, &layout, &config.payload)?;
+        if let Some(t) = &config.topology {
+            topology_setup::write_acpi(&memory, &layout, t)?;
+        }
         timeline.mark("kernel_loaded");
 
         let devices = Arc::new(create_devices(&vm_fd, &config)?);
