@@ -40,6 +40,8 @@ case_ smp2   kvm run --json --backend kvm --kernel $K --topology 1n1l2c1t
 case_ smp4   kvm run --json --backend kvm --kernel $K --topology 1n1l4c1t --memory 384
 case_ topo_1n2l2c1t kvm run --json --backend kvm --kernel $K --topology 1n2l2c1t --memory 512
 case_ topo_2n4l2c1t kvm run --json --backend kvm --kernel $K --topology 2n4l2c1t --memory 512
+case_ topo_1n2l2c2t kvm run --json --backend kvm --kernel $K --topology 1n2l2c2t --memory 512
+case_ topo_1n3l3c1t kvm run --json --backend kvm --kernel $K --topology 1n3l3c1t --memory 512
 case_ panic  kvm exec --backend kvm --kernel $K -- /ktstr/bin/sh -c 'echo c > /proc/sysrq-trigger'
 case_ hang   kvm exec --backend kvm --kernel $K --timeout 600 --vm-timeout 8 -- /ktstr/bin/sleep 600
 "#;
@@ -101,6 +103,7 @@ fn micro_vmm_runs_real_guests_on_nested_kvm() {
         assert_eq!(s["backend"], "kvm", "{s}");
         assert_eq!(s["guest_cpus"], cpus, "APs brought up by INIT/SIPI: {s}");
         assert!(s["frames"].as_u64().unwrap() >= 3 && s["frames_rejected"] == 0, "protocol channel: {s}");
+        assert_eq!(s["topology_check"]["matches"], true, "{case}: {s}");
         let exit = s["vm_exit"].as_str().unwrap();
         assert!(exit.contains("guest reset"), "the init ends the VM with an i8042 reset: {exit}");
         eprintln!("TIMING {case}: hello {:.2} s, host setup {:.0} ms; {exit}", s["hello_s"], s["host_setup_ms"]);
@@ -108,7 +111,7 @@ fn micro_vmm_runs_real_guests_on_nested_kvm() {
 
     // Our CPUID (0xB, 0x8000001D/1E under AMD SVM) and ACPI (MADT, SRAT, SLIT) as the inner
     // kernel reads them: its sysfs view must be the spec's nodes, packages, LLCs and cores.
-    for spec in ["1n2l2c1t", "2n4l2c1t"] {
+    for spec in ["1n2l2c1t", "2n4l2c1t", "1n2l2c2t", "1n3l3c1t"] {
         let (body, code) = &got[&format!("topo_{spec}")];
         let s = summary(body);
         let check = &s["topology_check"];
