@@ -23,7 +23,7 @@ qemu_setup() {
   local t0 t1
   t0=$(date +%s%N)
   { read -r _greeting; t1=$(date +%s%N); echo '{"execute":"qmp_capabilities"}{"execute":"quit"}'; } < <(
-    qemu-system-x86_64 -accel tcg -cpu max -M pc -nodefaults -no-user-config -display none -vga none -S \
+    timeout 10 qemu-system-x86_64 -accel tcg -cpu max -M pc -nodefaults -no-user-config -display none -vga none -S \
       -m 512M -smp 2 -kernel "$KERNEL" -append console=ttyS0 -qmp stdio 2>/dev/null) > /dev/null || true
   echo "scale=3; ($t1 - $t0) / 1000000" | bc
 }
