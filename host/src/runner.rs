@@ -62,12 +62,15 @@ impl GuestFile {
     }
 }
 
-fn add_file(base: &mut InitramfsBuilder, f: &GuestFile) -> Result<()> {
+/// Adds `f` (a directory recursively); pushes every directory walked onto `walked`, since what
+/// it holds is an input of the base archive too.
+fn add_file(base: &mut InitramfsBuilder, f: &GuestFile, walked: &mut Vec<PathBuf>) -> Result<()> {
     if f.host.is_dir() {
+        walked.push(f.host.clone());
         for entry in std::fs::read_dir(&f.host).with_context(|| format!("reading {}", f.host.display()))? {
             let entry = entry?;
             let guest = format!("{}/{}", f.guest.trim_end_matches('/'), entry.file_name().to_string_lossy());
-            add_file(base, &GuestFile { host: entry.path(), guest })?;
+            add_file(base, &GuestFile { host: entry.path(), guest }, walked)?;
         }
         return Ok(());
     }
@@ -107,10 +110,15 @@ pub const USERLAND_BIN: &str = "/ktstr/bin";
 /// Where a static busybox is looked for: the distro's, else our own userland (nested runs).
 const BUSYBOX: [&str; 2] = ["/bin/busybox", "/ktstr/bin/busybox"];
 
+/// The static busybox to use: the first candidate that is a file (a stat, no process).
+fn busybox() -> Option<&'static str> {
+    BUSYBOX.into_iter().find(|b| Path::new(b).is_file())
+}
+
 /// Adds the host's static busybox and its applet links under [`USERLAND_BIN`], so shell
 /// one-liners find `head`, `nproc`, `grep`... Skipped (with a debug log) when it is absent.
-fn add_userland(base: &mut InitramfsBuilder) -> Result<()> {
-    let found = BUSYBOX.iter().find_map(|b| Some((*b, std::process::Command::new(b).arg("--list").output().ok()?)));
+fn add_userland(base: &mut InitramfsBuilder, busybox: Option<&str>) -> Result<()> {
+    let found = busybox.and_then(|b| Some((b, std::process::Command::new(b).arg("--list").output().ok()?)));
     let Some((busybox, list)) = found else {
         tracing::debug!("no static busybox: the guest has no basic userland (apt-get install busybox-static)");
         return Ok(());
@@ -125,27 +133,55 @@ fn add_userland(base: &mut InitramfsBuilder) -> Result<()> {
     Ok(())
 }
 
-/// Base initramfs (cached by content) plus the plan, written into `dir`.
-pub fn initramfs(cache: &Cache, plan: &RunPlan, files: &[GuestFile], dir: &Path) -> Result<PathBuf> {
-    let mut base = InitramfsBuilder::new();
-    base.add_bytes("/init", KTSTR_INIT.to_vec(), 0o755)?;
-    for dir in ["/dev", "/proc", "/sys", "/tmp", "/ktstr"] {
-        base.add_dir(dir, 0o755)?;
-    }
-    add_userland(&mut base)?;
+/// What the base archive is made of, as the key of its manifest ([`image::cached_base`]): the
+/// running executable (it embeds the init and the layout below; the init's bytes are hashed
+/// only if the executable cannot be stat'ed), the busybox path and each requested file.
+/// The metadata of every file behind these is checked by the manifest itself.
+fn base_key(files: &[GuestFile], busybox: Option<&str>) -> String {
+    use sha2::Digest;
+    let exe = image::executable_identity()
+        .unwrap_or_else(|| format!("init-sha256:{}", hex::encode(sha2::Sha256::digest(KTSTR_INIT))));
+    let mut key = format!("ktstr-base v1\nexe {exe}\nbusybox {}\n", busybox.unwrap_or("-"));
     for f in files {
-        add_file(&mut base, f)?;
+        key.push_str(&format!("file {}\0{}\n", f.host.display(), f.guest));
     }
-    let base_path = image::cache_base(&base, &cache.work_dir().join("initramfs"))?;
+    key
+}
+
+/// The base archive: init, the guest's directories, busybox and `files`, from the cache
+/// when its manifest matches (no build, no hashing), else built and recorded.
+fn base_archive(cache: &Cache, files: &[GuestFile]) -> Result<PathBuf> {
+    let busybox = busybox();
+    let dir = cache.work_dir().join("initramfs");
+    let (path, lookup) = image::cached_base(&dir, &base_key(files, busybox), |walked| -> Result<_> {
+        let mut base = InitramfsBuilder::new();
+        base.add_bytes("/init", KTSTR_INIT.to_vec(), 0o755)?;
+        for dir in ["/dev", "/proc", "/sys", "/tmp", "/ktstr"] {
+            base.add_dir(dir, 0o755)?;
+        }
+        add_userland(&mut base, busybox)?;
+        for f in files {
+            add_file(&mut base, f, walked)?;
+        }
+        Ok(base)
+    })?;
+    tracing::debug!("base initramfs {} ({lookup:?})", path.display());
+    Ok(path)
+}
+
+/// The run's initrd as parts: the cached base archive, then the plan as a small suffix archive
+/// written into `dir`. Loaded back to back (4-byte aligned) they form one initramfs.
+pub fn initramfs(cache: &Cache, plan: &RunPlan, files: &[GuestFile], dir: &Path) -> Result<Vec<PathBuf>> {
+    let base = base_archive(cache, files)?;
     let mut suffix = InitramfsBuilder::new();
     suffix.add_bytes(
         ktstr_shared::plan::PLAN_PATH,
         plan.to_bytes().map_err(|e| anyhow::anyhow!("run plan: {e}"))?,
         0o644,
     )?;
-    let out = dir.join("initrd.cpio");
-    image::write_concat(&base_path, &suffix, &out)?;
-    Ok(out)
+    let out = dir.join("plan.cpio");
+    std::fs::write(&out, suffix.to_bytes()?).with_context(|| format!("writing {}", out.display()))?;
+    Ok(vec![base, out])
 }
 
 /// The micro-VMM variant of a spec: on PVM (only with the explicit override) the ELF
@@ -166,7 +202,8 @@ pub fn run(cache: &Cache, req: &RunRequest) -> Result<RunOutput> {
     let t0 = Instant::now();
     let dir = tempfile::Builder::new().prefix("ktstr-run-").tempdir().context("creating a temp dir for the run")?;
     let initrd = initramfs(cache, &req.plan, &req.files, dir.path())?;
-    let initrd_bytes = std::fs::metadata(&initrd)?.len();
+    let sizes = initrd.iter().map(|p| Ok(std::fs::metadata(p)?.len())).collect::<Result<Vec<u64>>>()?;
+    let initrd_bytes = crate::vmm::boot::initrd_layout(&sizes).1;
     let timeout = req.vm_timeout.unwrap_or_else(|| {
         Duration::from_millis(u64::from(req.plan.deadline_ms)) + boot_allowance(&req.topology, req.backend)
     });
@@ -254,10 +291,17 @@ mod tests {
             GuestFile::same_path(PathBuf::from("/bin/true")).unwrap(),
             GuestFile::parse(&format!("{}:/opt/data", inc.display())).unwrap(),
         ];
-        let out = initramfs(&cache, &plan, &files, d.path()).unwrap();
-        let bytes = std::fs::read(out).unwrap();
-        let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
-        assert!(has(b"ktstr/plan") && has(b"bin/true") && has(b"libc.so.6") && has(b"opt/data/sub/file.txt"));
+        let parts = initramfs(&cache, &plan, &files, d.path()).unwrap();
+        assert_eq!(parts.len(), 2, "base, then the plan");
+        let base = std::fs::read(&parts[0]).unwrap();
+        let suffix = std::fs::read(&parts[1]).unwrap();
+        let has = |bytes: &[u8], needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        assert!(has(&base, b"bin/true") && has(&base, b"libc.so.6") && has(&base, b"opt/data/sub/file.txt"));
+        assert!(has(&suffix, b"ktstr/plan"));
+        // The same request again finds the same base (from its manifest once the inputs are
+        // older than the racy window; by content hash before that).
+        let again = initramfs(&cache, &plan, &files, d.path()).unwrap();
+        assert_eq!(again[0], parts[0]);
         // The init is the embedded static binary.
         assert!(KTSTR_INIT.starts_with(b"\x7fELF"));
     }

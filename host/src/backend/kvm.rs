@@ -20,7 +20,7 @@ impl KvmMachine {
     pub fn start(spec: &VmSpec) -> Result<Self, VmError> {
         let mut cfg = VmConfig::new(Payload::Linux {
             kernel: spec.kernel.clone(),
-            initrd: Some(spec.initrd.clone()),
+            initrd: spec.initrd.clone(),
             cmdline: spec.cmdline.clone(),
         });
         cfg.memory_mib = u64::from(spec.memory_mib);
@@ -45,8 +45,10 @@ fn describe(o: &VmOutcome) -> String {
         VmExit::Panic(_) => "guest kernel panic".into(),
         other => format!("{other:?}"),
     };
-    let phases: Vec<String> = o.phases.iter().map(|(n, d)| format!("{n} {:.1}ms", d.as_secs_f64() * 1e3)).collect();
-    format!("micro-VMM: {how} (phases: {})", phases.join(", "))
+    let ms = |(n, d): &(&str, Duration)| format!("{n} {:.1}ms", d.as_secs_f64() * 1e3);
+    let phases: Vec<String> = o.phases.iter().map(ms).collect();
+    let host: Vec<String> = o.host_calls.iter().map(ms).collect();
+    format!("micro-VMM: {how} (phases: {}; host kernel: {})", phases.join(", "), host.join(", "))
 }
 
 impl Machine for KvmMachine {

@@ -14,7 +14,10 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct VmSpec {
     pub kernel: PathBuf,
-    pub initrd: PathBuf,
+    /// The initrd as parts (cpio archives: the cached base, then the per-run suffix), each
+    /// after the first at a 4-byte aligned offset. The micro-VMM loads them straight into
+    /// guest memory; QEMU gets them concatenated into one file.
+    pub initrd: Vec<PathBuf>,
     pub cmdline: String,
     pub topology: Topology,
     pub memory_mib: u32,

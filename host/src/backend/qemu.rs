@@ -23,6 +23,8 @@ pub enum QemuError {
     Spawn(io::Error),
     #[error("protocol socket {path}: {source}")]
     Socket { path: PathBuf, source: io::Error },
+    #[error("initrd for {QEMU}: {0}")]
+    Initrd(crate::image::ImageError),
     #[error("{QEMU} exited before connecting the protocol channel ({status}); its output:\n{output}")]
     EarlyExit { status: String, output: String },
 }
@@ -47,7 +49,9 @@ pub fn args(spec: &VmSpec, accel: Accel, socket: &Path) -> Vec<String> {
     push(&["-m", &format!("{}M", spec.memory_mib)]);
     a.extend(topology_args(&spec.topology, spec.memory_mib));
     a.extend(["-kernel".into(), spec.kernel.display().to_string()]);
-    a.extend(["-initrd".into(), spec.initrd.display().to_string()]);
+    if let [initrd] = spec.initrd.as_slice() {
+        a.extend(["-initrd".into(), initrd.display().to_string()]);
+    }
     a.extend(["-append".into(), spec.cmdline.clone()]);
     a.extend(["-chardev".into(), "stdio,id=con,signal=off".into(), "-serial".into(), "chardev:con".into()]);
     a.extend(["-chardev".into(), format!("socket,id=proto,path={}", socket.display())]);
@@ -102,7 +106,17 @@ pub fn topology_args(t: &Topology, memory_mib: u32) -> Vec<String> {
 
 impl Qemu {
     /// Starts QEMU and waits until it connected COM2 to our socket in `dir`.
+    /// Several initrd parts are first concatenated into one file in `dir` (QEMU takes one).
     pub fn start(spec: &VmSpec, accel: Accel, dir: &Path) -> Result<Self, QemuError> {
+        let single;
+        let spec = if spec.initrd.len() > 1 {
+            let out = dir.join("initrd.cpio");
+            crate::image::concat_files(&spec.initrd, &out).map_err(QemuError::Initrd)?;
+            single = VmSpec { initrd: vec![out], ..spec.clone() };
+            &single
+        } else {
+            spec
+        };
         let socket = dir.join("proto.sock");
         let listener =
             UnixListener::bind(&socket).map_err(|source| QemuError::Socket { path: socket.clone(), source })?;

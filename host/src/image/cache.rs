@@ -69,6 +69,35 @@ pub fn write_concat(base: &Path, suffix: &InitramfsBuilder, out: &Path) -> Resul
     publish(tmp, out)
 }
 
+/// Writes `out` = the files `parts` back to back, each after the first starting at a 4-byte
+/// aligned offset (NUL padding), i.e. the bytes a loader that places the parts in memory itself
+/// produces (`vmm::boot::load_initrd`). For a backend that needs one initrd file (QEMU).
+/// The file appears atomically (temp file + rename) but is not synced: it is a per-run file.
+pub fn concat_files(parts: &[impl AsRef<Path>], out: &Path) -> Result<u64> {
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = temp_in(dir)?;
+    let tmp_path = tmp.path().to_path_buf();
+    let mut len = 0u64;
+    for part in parts {
+        let part = part.as_ref();
+        let pad = usize::try_from(suffix_offset(len) - len).unwrap_or(0);
+        let file = tmp.as_file_mut();
+        file.write_all(&[0u8; ARCHIVE_ALIGN as usize][..pad]).map_err(|e| write_err(&tmp_path, e))?;
+        len += pad as u64;
+        let mut src = File::open(part).map_err(|e| read_err(part, e))?;
+        len += io::copy(&mut src, tmp.as_file_mut()).map_err(|e| match e.kind() {
+            io::ErrorKind::StorageFull | io::ErrorKind::PermissionDenied => write_err(&tmp_path, e),
+            _ => read_err(part, e),
+        })?;
+    }
+    tmp.as_file().set_permissions(fs::Permissions::from_mode(0o644)).map_err(|e| write_err(&tmp_path, e))?;
+    tmp.persist(out).map_err(|e| write_err(out, e.error))?;
+    Ok(len)
+}
+
 fn temp_in(dir: &Path) -> Result<NamedTempFile> {
     tempfile::Builder::new().prefix(".initramfs-").suffix(".tmp").tempfile_in(dir).map_err(|e| write_err(dir, e))
 }
@@ -220,6 +249,26 @@ mod tests {
         assert_eq!(&bytes[at..at + 6], b"070701");
         assert_eq!(parse_archives(&bytes).len(), 2);
         assert_eq!((suffix_offset(0), suffix_offset(5), suffix_offset(8)), (0, 8, 8));
+    }
+
+    #[test]
+    fn concat_files_equals_write_concat() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.cpio");
+        let mut base_bytes = base_builder(dir.path()).to_bytes().unwrap();
+        base_bytes.extend([0, 0]); // unaligned, so padding is needed
+        fs::write(&base, &base_bytes).unwrap();
+        let suffix = dir.path().join("suffix.cpio");
+        fs::write(&suffix, plan_suffix(b"PLAN").to_bytes().unwrap()).unwrap();
+        let (a, b) = (dir.path().join("a.cpio"), dir.path().join("b.cpio"));
+        write_concat(&base, &plan_suffix(b"PLAN"), &a).unwrap();
+        let len = concat_files(&[&base, &suffix], &b).unwrap();
+        assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap());
+        assert_eq!(len, fs::metadata(&b).unwrap().len());
+        assert_eq!(fs::metadata(&b).unwrap().mode() & 0o777, 0o644);
+        let missing = dir.path().join("missing");
+        let err = concat_files(&[&base, &missing], &b).unwrap_err();
+        assert!(matches!(err, ImageError::Read { .. }) && err.to_string().contains("missing"), "{err}");
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //! A run boots with two concatenated newc archives:
 //! - a **base** holding `/init`, the scheduler and other binaries with the closure of their shared
 //!   libraries. It is a pure function of its inputs, so it is cached by content hash
-//!   ([`cache_base`]) and reused across runs;
+//!   ([`cache_base`]) and reused across runs; [`cached_base`] finds it again from a manifest of
+//!   its inputs' metadata without building or hashing anything;
 //! - a small per-run **suffix** (e.g. `/ktstr/plan`), appended after the base
 //!   ([`write_concat`], [`suffix_offset`]). The kernel unpacks concatenated archives in order, and
-//!   a later entry replaces an earlier one at the same path.
+//!   a later entry replaces an earlier one at the same path. A loader that places files in
+//!   guest memory itself can skip the concatenation (the micro-VMM does).
 //!
 //! ```no_run
 //! use ktstr_host::image::{InitramfsBuilder, cache_base, write_concat};
@@ -26,12 +28,14 @@ mod builder;
 mod cache;
 mod elf;
 mod ldcache;
+mod manifest;
 #[cfg(test)]
 mod testutil;
 
 pub use builder::{EntryKind, InitramfsBuilder};
-pub use cache::{cache_base, suffix_offset, write_concat};
+pub use cache::{cache_base, concat_files, suffix_offset, write_concat};
 pub use elf::{DEFAULT_LIB_DIRS, FoundVia, ResolvedLib, elf_closure};
+pub use manifest::{Lookup, RACY_WINDOW, cached_base, executable_identity};
 
 use std::path::PathBuf;
 

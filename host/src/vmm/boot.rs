@@ -245,20 +245,61 @@ fn elf_end(path: &Path, file: &mut File) -> Result<u64, VmError> {
     Ok(end)
 }
 
-/// Copies the initrd as high in low RAM as `initrd_addr_max` allows, page aligned.
+/// Alignment of each initrd part after the first: the kernel looks for the next cpio archive's
+/// magic only at 4-byte aligned offsets (and skips the NUL padding before it).
+pub const INITRD_PART_ALIGN: u64 = 4;
+
+/// Offsets of parts of `sizes` bytes laid back to back, each 4-byte aligned, and the total.
+pub fn initrd_layout(sizes: &[u64]) -> (Vec<u64>, u64) {
+    let mut offsets = Vec::with_capacity(sizes.len());
+    let mut end = 0u64;
+    for size in sizes {
+        let at = end.next_multiple_of(INITRD_PART_ALIGN);
+        offsets.push(at);
+        end = at + size;
+    }
+    (offsets, end)
+}
+
+/// Copies the initrd parts back to back (see [`initrd_layout`]) as high in low RAM as
+/// `initrd_addr_max` allows, page aligned: one read per file straight into guest memory, so
+/// a cached base archive and a per-run suffix never need concatenating on disk. Padding
+/// between parts is written as NULs.
 pub fn load_initrd(
     memory: &GuestMemoryMmap,
     layout: &MemoryLayout,
     kernel: &LoadedKernel,
-    path: &Path,
+    parts: &[impl AsRef<Path>],
 ) -> Result<InitrdPlacement, VmError> {
-    let mut file = open(path)?;
-    let size = file.metadata().map_err(read_error(path))?.len();
+    let mut files = Vec::with_capacity(parts.len());
+    for part in parts {
+        let path = part.as_ref();
+        let file = open(path)?;
+        let size = file.metadata().map_err(read_error(path))?.len();
+        files.push((path, file, size));
+    }
+    let sizes: Vec<u64> = files.iter().map(|f| f.2).collect();
+    let (offsets, size) = initrd_layout(&sizes);
+    let name = files.last().map_or(Path::new("<initrd>"), |f| f.0);
     let addr = place_initrd(layout, kernel, size)
-        .ok_or_else(|| too_large("initrd", path, kernel.end.div_ceil(PAGE) * PAGE + size, layout))?;
-    memory
-        .read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
-        .map_err(VmError::guest_write("initrd", addr))?;
+        .ok_or_else(|| too_large("initrd", name, kernel.end.div_ceil(PAGE) * PAGE + size, layout))?;
+    let mut end = 0;
+    for ((path, mut file, len), offset) in files.into_iter().zip(offsets) {
+        if offset > end {
+            let pad = [0u8; INITRD_PART_ALIGN as usize];
+            let at = addr + end;
+            memory
+                .write_slice(&pad[..(offset - end) as usize], GuestAddress(at))
+                .map_err(VmError::guest_write("initrd padding", at))?;
+        }
+        let at = addr + offset;
+        let read = memory.read_exact_volatile_from(GuestAddress(at), &mut file, len as usize);
+        read.map_err(|e| match e {
+            vm_memory::GuestMemoryError::IOError(source) => VmError::ReadFile { path: path.to_owned(), source },
+            other => VmError::guest_write("initrd", at)(other),
+        })?;
+        end = offset + len;
+    }
     Ok(InitrdPlacement { addr, size })
 }
 
@@ -465,6 +506,29 @@ mod tests {
         assert_eq!(place_initrd(&big, &small_max, 0x1000).unwrap(), 0x3fff_f000);
         // Overlapping the kernel's decompression area is refused.
         assert_eq!(place_initrd(&layout, &k, 250 << 20), None);
+    }
+
+    #[test]
+    fn initrd_parts_land_back_to_back_and_aligned() {
+        assert_eq!(initrd_layout(&[]), (vec![], 0));
+        assert_eq!(initrd_layout(&[8, 3]), (vec![0, 8], 11));
+        assert_eq!(initrd_layout(&[5, 3, 2]), (vec![0, 8, 12], 14));
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("base.cpio"), dir.path().join("plan.cpio"));
+        std::fs::write(&a, b"BASE!").unwrap(); // 5 bytes: the next part starts at 8
+        std::fs::write(&b, b"PLAN").unwrap();
+        let layout = MemoryLayout::new(64).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&layout.ram_ranges()).unwrap();
+        // Non-zero bytes where the padding goes: the loader must write the NULs itself.
+        let top = layout.low_end & !(PAGE - 1);
+        mem.write_slice(&[0xaa; 16], GuestAddress(top - PAGE)).unwrap();
+        let placed = load_initrd(&mem, &layout, &bz_kernel(), &[&a, &b]).unwrap();
+        assert_eq!(placed, InitrdPlacement { addr: top - PAGE, size: 12 });
+        let mut got = [0u8; 12];
+        mem.read_slice(&mut got, GuestAddress(placed.addr)).unwrap();
+        assert_eq!(&got, b"BASE!\0\0\0PLAN");
+        let err = load_initrd(&mem, &layout, &bz_kernel(), &[&a, &dir.path().join("gone")]).unwrap_err();
+        assert!(matches!(err, VmError::ReadFile { .. }) && err.to_string().contains("gone"), "{err}");
     }
 
     #[test]

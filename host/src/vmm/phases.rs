@@ -1,17 +1,32 @@
 //! Boot phase timestamps, measured from the start of this process (the "process start"
-//! is what a user waits through, so that is the origin, not the moment the VM was asked for).
+//! is what a user waits through, so that is the origin, not the moment the VM was asked for),
+//! and the time spent in host-kernel calls whose cost is a property of the host's KVM.
 
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// The instant this process started, from /proc/self/stat (clock-tick resolution); the first
-/// call's instant if that cannot be read.
+/// Set by a launcher (e.g. `bench/vmm_setup.sh`: `KTSTR_EXEC_EPOCH=$EPOCHREALTIME`) to the
+/// wall-clock time, in seconds since the epoch with a fraction, at which it started this
+/// process: a microsecond origin instead of /proc's clock ticks (10 ms at USER_HZ=100, which
+/// would blur a setup time of a few milliseconds). Ignored unless it lies in the last minute.
+pub const EXEC_EPOCH_ENV: &str = "KTSTR_EXEC_EPOCH";
+
+/// The instant this process started: [`EXEC_EPOCH_ENV`] when set, else /proc/self/stat
+/// (clock-tick resolution); the first call's instant if neither can be read.
 pub fn process_start() -> Instant {
     static START: OnceLock<Instant> = OnceLock::new();
     *START.get_or_init(|| {
         let now = Instant::now();
-        age().and_then(|age| now.checked_sub(age)).unwrap_or(now)
+        let exec_age = std::env::var(EXEC_EPOCH_ENV).ok().and_then(|v| age_of_epoch(&v, SystemTime::now()));
+        exec_age.or_else(age).and_then(|age| now.checked_sub(age)).unwrap_or(now)
     })
+}
+
+/// How long ago the wall-clock time `epoch` ("1732612345.123456") was, if within a minute.
+fn age_of_epoch(epoch: &str, now: SystemTime) -> Option<Duration> {
+    let secs: f64 = epoch.trim().parse().ok()?;
+    let then = UNIX_EPOCH.checked_add(Duration::try_from_secs_f64(secs).ok()?)?;
+    now.duration_since(then).ok().filter(|age| *age < Duration::from_secs(60))
 }
 
 fn age() -> Option<Duration> {
@@ -34,20 +49,36 @@ fn age() -> Option<Duration> {
     boot_now.checked_sub(started)
 }
 
-/// Named instants, reported as offsets from `process_start()`.
+/// Named instants, reported as offsets from `process_start()`, and named host-kernel calls
+/// with how long each took.
 #[derive(Debug)]
 pub struct Timeline {
     origin: Instant,
     phases: Vec<(&'static str, Duration)>,
+    host_calls: Vec<(&'static str, Duration)>,
 }
 
 impl Default for Timeline {
     fn default() -> Self {
-        Self { origin: process_start(), phases: Vec::new() }
+        Self { origin: process_start(), phases: Vec::new(), host_calls: Vec::new() }
     }
 }
 
 impl Timeline {
+    /// Runs `f`, a call into the host kernel (e.g. KVM_CREATE_IRQCHIP), and records its duration
+    /// under `name`.
+    pub fn host_call<T>(&mut self, name: &'static str, f: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let out = f();
+        self.host_calls.push((name, start.elapsed()));
+        out
+    }
+
+    /// The host-kernel calls timed by [`Timeline::host_call`], in call order.
+    pub fn host_calls(&self) -> &[(&'static str, Duration)] {
+        &self.host_calls
+    }
+
     pub fn mark(&mut self, name: &'static str) {
         self.mark_at(name, Instant::now());
     }
@@ -78,6 +109,25 @@ mod tests {
         assert_eq!(a, process_start());
         // A test binary does not run for a day.
         assert!(a.elapsed() < Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn exec_epoch_is_used_only_when_recent() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(age_of_epoch("1799999999.75", now), Some(Duration::from_millis(250)));
+        assert_eq!(age_of_epoch(" 1800000000.000000\n", now), Some(Duration::ZERO));
+        assert_eq!(age_of_epoch("1799999000.0", now), None, "older than a minute");
+        assert_eq!(age_of_epoch("1800000001.0", now), None, "in the future");
+        assert_eq!(age_of_epoch("1799999999,5", now), None, "not a number");
+    }
+
+    #[test]
+    fn host_calls_are_timed_in_order() {
+        let mut t = Timeline::default();
+        assert_eq!(t.host_call("a", || 7), 7);
+        t.host_call("b", || ());
+        let calls = t.host_calls();
+        assert_eq!(calls.iter().map(|c| c.0).collect::<Vec<_>>(), ["a", "b"]);
     }
 
     #[test]

@@ -31,8 +31,11 @@ use ktstr_shared::topology::Topology;
 /// What the VM boots.
 #[derive(Clone, Debug)]
 pub enum Payload {
-    /// A Linux kernel: bzImage (64-bit entry) or ELF vmlinux.
-    Linux { kernel: PathBuf, initrd: Option<PathBuf>, cmdline: String },
+    /// A Linux kernel: bzImage (64-bit entry) or ELF vmlinux. `initrd` holds the parts of the
+    /// initrd (cpio archives, e.g. a cached base and a small per-run suffix), placed back to back
+    /// in guest memory, each at a 4-byte aligned offset, so they never need concatenating on
+    /// disk; empty for none.
+    Linux { kernel: PathBuf, initrd: Vec<PathBuf>, cmdline: String },
     /// Raw 64-bit code (micro-guests): segments copied to guest-physical addresses, entered in
     /// long mode at `entry` exactly like a kernel (same GDT, page tables, zero page in RSI).
     Raw { segments: Vec<(u64, Vec<u8>)>, entry: u64 },
@@ -83,7 +86,7 @@ impl VmConfig {
     }
 
     pub fn linux(kernel: impl Into<PathBuf>, cmdline: impl Into<String>) -> Self {
-        Self::new(Payload::Linux { kernel: kernel.into(), initrd: None, cmdline: cmdline.into() })
+        Self::new(Payload::Linux { kernel: kernel.into(), initrd: Vec::new(), cmdline: cmdline.into() })
     }
 
     /// One blob of 64-bit code at `addr`, entered at its first byte.
@@ -139,6 +142,10 @@ pub struct VmOutcome {
     pub console: Console,
     /// Named boot phases, as offsets from process start, in time order.
     pub phases: Vec<(&'static str, Duration)>,
+    /// Host-kernel calls whose cost is the host's, not the VMM's (KVM_CREATE_VM,
+    /// KVM_CREATE_IRQCHIP: ~120 ms on PVM, microseconds on hardware KVM), with their durations;
+    /// they lie inside the phases up to `vm_created`.
+    pub host_calls: Vec<(&'static str, Duration)>,
     /// Values the guest wrote to `ports::MILESTONE_PORT`, with their offsets from process start.
     pub milestones: Vec<(u32, Duration)>,
     pub unhandled: UnhandledStats,
@@ -250,10 +257,10 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
     }
 }
 
-fn setup_platform(vm: &VmFd) -> Result<(), VmError> {
+fn setup_platform(vm: &VmFd, timeline: &mut Timeline) -> Result<(), VmError> {
     vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDR).map_err(VmError::kvm("KVM_SET_IDENTITY_MAP_ADDR"))?;
     vm.set_tss_address(KVM_TSS_ADDR as usize).map_err(VmError::kvm("KVM_SET_TSS_ADDR"))?;
-    vm.create_irq_chip().map_err(VmError::kvm("KVM_CREATE_IRQCHIP"))?;
+    timeline.host_call("KVM_CREATE_IRQCHIP", || vm.create_irq_chip()).map_err(VmError::kvm("KVM_CREATE_IRQCHIP"))?;
     let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
     vm.create_pit2(pit).map_err(VmError::kvm("KVM_CREATE_PIT2"))
 }
@@ -273,19 +280,23 @@ fn load_payload(
     memory: &GuestMemoryMmap,
     layout: &MemoryLayout,
     payload: &Payload,
+    timeline: &mut Timeline,
 ) -> Result<(u64, Option<LoadedKernel>), VmError> {
     match payload {
         Payload::Linux { kernel, initrd, cmdline } => {
             let loaded = boot::load_kernel(memory, layout, kernel)?;
+            timeline.mark("kernel_loaded");
             boot::write_cmdline(memory, cmdline, loaded.cmdline_max())?;
             let initrd: Option<InitrdPlacement> =
-                initrd.as_deref().map(|p| boot::load_initrd(memory, layout, &loaded, p)).transpose()?;
+                (!initrd.is_empty()).then(|| boot::load_initrd(memory, layout, &loaded, initrd)).transpose()?;
+            timeline.mark("initrd_loaded");
             let params = boot::boot_params(Some(&loaded), cmdline.len(), initrd, &layout.e820());
             boot::write_boot_params(memory, &params)?;
             Ok((loaded.entry, Some(loaded)))
         }
         Payload::Raw { segments, entry } => {
             boot::load_raw(memory, layout, segments)?;
+            timeline.mark("kernel_loaded");
             let params = boot::boot_params(None, 0, None, &layout.e820());
             boot::write_boot_params(memory, &params)?;
             Ok((*entry, None))
@@ -337,6 +348,7 @@ impl Vm {
     /// Builds the VM: KVM objects, memory, payload, devices and vCPUs. Nothing runs yet.
     pub fn new(config: VmConfig) -> Result<Self, VmError> {
         let mut timeline = Timeline::default();
+        timeline.mark("vmm_start");
         let layout = MemoryLayout::new(config.memory_mib)?;
         memory::check_fits_host(config.memory_mib, memory::host_memory_mib())?;
         let (kvm, flavour) = open_kvm()?;
@@ -345,8 +357,9 @@ impl Vm {
             topology_setup::check(t, config.vcpus)?;
         }
         vcpu::install_kick_handler()?;
-        let vm_fd = create_vm(&kvm)?;
-        setup_platform(&vm_fd)?;
+        timeline.mark("kvm_opened");
+        let vm_fd = timeline.host_call("KVM_CREATE_VM", || create_vm(&kvm))?;
+        setup_platform(&vm_fd, &mut timeline)?;
         timeline.mark("vm_created");
 
         let memory = memory::allocate(&layout)?;
@@ -354,11 +367,11 @@ impl Vm {
         timeline.mark("memory_ready");
 
         write_boot_tables(&memory, config.vcpus, config.topology.is_none())?;
-        let (entry, kernel) = load_payload(&memory, &layout, &config.payload)?;
+        let (entry, kernel) = load_payload(&memory, &layout, &config.payload, &mut timeline)?;
         if let Some(t) = &config.topology {
             topology_setup::write_acpi(&memory, &layout, t)?;
         }
-        timeline.mark("kernel_loaded");
+        timeline.mark("tables_written");
 
         let devices = Arc::new(create_devices(&vm_fd, &config)?);
         let vcpus = create_vcpus(&kvm, &vm_fd, &config, entry)?;
@@ -554,9 +567,11 @@ fn outcome(exit: VmExit, devices: &Devices, mut timeline: Timeline, first_run: O
         }
     }
     let milestones = devices.milestones().into_iter().map(|(v, at)| (v, timeline.since_origin(at))).collect();
+    let host_calls = timeline.host_calls().to_vec();
     VmOutcome {
         exit,
         console,
+        host_calls,
         phases: timeline.into_sorted(),
         milestones,
         unhandled: devices.unhandled(),
