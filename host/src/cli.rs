@@ -53,6 +53,9 @@ pub enum Command {
     /// Build, list and clean cached guest kernels
     #[command(subcommand)]
     Kernel(KernelCmd),
+    /// Build and list the in-tree sched_ext schedulers (cached per kernel)
+    #[command(subcommand)]
+    Sched(crate::sched::cmd::SchedCmd),
     /// Print this host's CPU topology, a spec's or preset's mapping (with APIC IDs), or
     /// `topo list`: the presets
     Topo(crate::topo::TopoArgs),
@@ -204,6 +207,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Judge(args) => crate::scenario::cmd::judge(&args),
         Command::Exec(args) => exec(args),
         Command::Kernel(cmd) => kernel_cmd(cmd),
+        Command::Sched(cmd) => crate::sched::cmd::command(&cache()?, cmd),
         Command::Topo(args) => crate::topo::command(&args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "ktstr-host", &mut std::io::stdout());
@@ -243,39 +247,66 @@ fn request(vm: &VmArgs, k: kernel::Kernel, backend: Backend, plan: RunPlan, file
 
 fn run(args: RunArgs) -> Result<i32> {
     let (cache, k, backend) = prepare(&args.vm)?;
-    let mut plan = RunPlan::new(30_000);
-    plan.console_quiet = !args.vm.console;
-    plan.exec = Some(ExecPlan::new(["/init", "--version"]));
-    let req = request(&args.vm, k.clone(), backend, plan, Vec::new());
-    let out = runner::run(&cache, &req)?;
-    let summary = report::RunSummary::new(&k, &req, &out);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        summary.print();
+    let schedulers = args.scenario.resolve_schedulers(&cache, &k)?;
+    let attach = args.scenario.attach_timeout();
+    let mut all_passed = true;
+    let mut summaries = Vec::new();
+    for sched in &schedulers {
+        let mut plan = RunPlan::new(30_000 + sched.extra_deadline_ms(attach));
+        plan.console_quiet = !args.vm.console;
+        plan.exec = Some(ExecPlan::new(["/init", "--version"]));
+        plan.scheduler = sched.plan(attach);
+        let files = sched.guest_file().into_iter().collect();
+        let req = request(&args.vm, k.clone(), backend, plan, files);
+        let out = runner::run(&cache, &req)?;
+        let summary = report::RunSummary::new(&k, &req, &out, sched);
+        all_passed &= summary.passed;
+        if !args.json {
+            summary.print();
+        }
+        summaries.push(summary);
+        if crate::interrupt::interrupted() {
+            return Err(crate::interrupt::Interrupted.into());
+        }
     }
-    Ok(if summary.passed { 0 } else { 1 })
+    if args.json {
+        let json = match summaries.as_slice() {
+            [one] => serde_json::to_string_pretty(one)?,
+            many => serde_json::to_string_pretty(many)?,
+        };
+        println!("{json}");
+    }
+    Ok(if all_passed { 0 } else { 1 })
 }
 
-/// `run --scenario ...`: one VM per scenario, in order; a table row as each finishes.
+/// `run --scenario ...`: one VM per (scheduler, scenario), scheduler by scheduler; a table
+/// row as each finishes.
 fn run_scenarios(args: RunArgs) -> Result<i32> {
     let resolved = crate::scenario::cmd::resolve_all(&args.scenario, &args.vm.topology)?;
     let (cache, k, backend) = prepare(&args.vm)?;
+    let schedulers = args.scenario.resolve_schedulers(&cache, &k)?;
+    let attach = args.scenario.attach_timeout();
     let mut rows = Vec::new();
-    if !args.json {
-        println!("{}", report::scenario_header());
-    }
-    for r in &resolved {
-        let plan = crate::scenario::plan(r, !args.vm.console);
-        let req = request(&args.vm, k.clone(), backend, plan, Vec::new());
-        let out = runner::run(&cache, &req)?;
-        let row = crate::scenario::cmd::finish(r, &k, &req, out, &args.scenario)?;
+    for sched in &schedulers {
         if !args.json {
-            println!("{}", report::scenario_line(&row));
+            println!("\nscheduler {}", sched.label());
+            println!("{}", report::scenario_header());
         }
-        rows.push(row);
-        if crate::interrupt::interrupted() {
-            return Err(crate::interrupt::Interrupted.into());
+        for r in &resolved {
+            let mut plan = crate::scenario::plan(r, !args.vm.console);
+            plan.deadline_ms = plan.deadline_ms.saturating_add(sched.extra_deadline_ms(attach));
+            plan.scheduler = sched.plan(attach);
+            let files = sched.guest_file().into_iter().collect();
+            let req = request(&args.vm, k.clone(), backend, plan, files);
+            let out = runner::run(&cache, &req)?;
+            let row = crate::scenario::cmd::finish(r, sched, &k, &req, out, &args.scenario)?;
+            if !args.json {
+                println!("{}", report::scenario_line(&row));
+            }
+            rows.push(row);
+            if crate::interrupt::interrupted() {
+                return Err(crate::interrupt::Interrupted.into());
+            }
         }
     }
     if args.json {
@@ -283,7 +314,12 @@ fn run_scenarios(args: RunArgs) -> Result<i32> {
     } else {
         report::print_scenario_failures(&rows);
         let passed = rows.iter().filter(|r| r.passed).count();
-        println!("\n{passed} of {} scenarios passed; records in {}", rows.len(), args.scenario.out_dir.display());
+        let matrix = if schedulers.len() > 1 { format!(" ({} schedulers)", schedulers.len()) } else { String::new() };
+        println!(
+            "\n{passed} of {} scenario runs passed{matrix}; records in {}",
+            rows.len(),
+            args.scenario.out_dir.display()
+        );
     }
     Ok(if rows.iter().all(|r| r.passed) { 0 } else { 1 })
 }

@@ -15,6 +15,7 @@ pub mod record;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod sched;
 pub mod topo;
 pub mod verdict;
 pub mod vmm;

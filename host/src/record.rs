@@ -261,6 +261,9 @@ pub struct SchedulerInfo {
     /// `eevdf`, or the sched_ext scheduler's name.
     pub name: String,
     pub kind: SchedulerKind,
+    /// Its command-line arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -274,7 +277,7 @@ pub enum SchedulerKind {
 
 impl SchedulerInfo {
     pub fn eevdf() -> Self {
-        SchedulerInfo { name: "eevdf".into(), kind: SchedulerKind::Eevdf }
+        SchedulerInfo { name: "eevdf".into(), kind: SchedulerKind::Eevdf, args: Vec::new() }
     }
 }
 

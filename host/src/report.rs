@@ -4,6 +4,7 @@ use crate::backend::Backend;
 use crate::collect::End;
 use crate::kernel::Kernel;
 use crate::runner::{RunOutput, RunRequest};
+use crate::sched::SchedulerUnderTest;
 use ktstr_shared::wire::{EXIT_TIMED_OUT, Outcome};
 use serde::Serialize;
 
@@ -113,6 +114,14 @@ pub struct RunSummary {
     pub problem: Option<String>,
     /// The guest's reported topology against the spec (None when the guest sent none).
     pub topology_check: Option<crate::topo::TopologyVerdict>,
+    pub scheduler: String,
+    /// What the scheduler did, one line per event (guest clock).
+    pub scheduler_events: Vec<String>,
+}
+
+/// `t kind: text` lines of scheduler events, for the terminal.
+fn scheduler_lines(events: &[crate::record::SchedEvent]) -> Vec<String> {
+    events.iter().map(|e| format!("{:>7.2} s {:?}: {}", e.t_ns as f64 / 1e9, e.kind, e.text)).collect()
 }
 
 fn teardown(c: &crate::collect::Collected) -> &str {
@@ -131,14 +140,15 @@ fn topology_problem(v: Option<&crate::topo::TopologyVerdict>) -> Option<String> 
 }
 
 impl RunSummary {
-    pub fn new(k: &Kernel, req: &RunRequest, out: &RunOutput) -> Self {
+    pub fn new(k: &Kernel, req: &RunRequest, out: &RunOutput, sched: &SchedulerUnderTest) -> Self {
         let c = &out.collected;
         let topology_check = (!c.topology.is_empty()).then(|| crate::topo::check(&req.topology, &c.topology));
         let problem = failure(out)
             .map(|(_, m)| m)
-            .or_else(|| {
-                let r = c.result.as_ref()?;
-                (r.outcome.exit_code() != 0).then(|| format!("the default plan's command ended with {:?}", r.outcome))
+            .or_else(|| match &c.result.as_ref()?.outcome {
+                Outcome::SchedulerFailed { reason } => Some(format!("scheduler failed: {reason}")),
+                o if o.exit_code() != 0 => Some(format!("the default plan's command ended with {o:?}")),
+                _ => None,
             })
             .or_else(|| topology_problem(topology_check.as_ref()));
         RunSummary {
@@ -168,6 +178,8 @@ impl RunSummary {
             },
             problem,
             topology_check,
+            scheduler: sched.label(),
+            scheduler_events: scheduler_lines(&c.telemetry.sched_events),
         }
     }
 
@@ -175,6 +187,10 @@ impl RunSummary {
         let s = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2} s"));
         println!("kernel     {} ({})", self.kernel_version.as_deref().unwrap_or("?"), self.kernel);
         println!("backend    {}   topology {}   memory {} MiB", self.backend, self.topology, self.memory_mib);
+        println!("scheduler  {}", self.scheduler);
+        for line in &self.scheduler_events {
+            println!("           {line}");
+        }
         if let Some(rel) = &self.guest_release {
             println!(
                 "guest      Linux {rel}, {} CPUs, protocol v{}",
@@ -204,6 +220,8 @@ impl RunSummary {
 #[derive(Debug, Serialize)]
 pub struct ScenarioRow {
     pub scenario: String,
+    /// The scheduler under test, with its arguments.
+    pub scheduler: String,
     pub passed: bool,
     /// Where its record.json went (verdict.json beside it).
     pub record: std::path::PathBuf,
@@ -243,7 +261,7 @@ pub fn scenario_line(row: &ScenarioRow) -> String {
 /// The failures of every failed scenario, after the table.
 pub fn print_scenario_failures(rows: &[ScenarioRow]) {
     for row in rows.iter().filter(|r| !r.passed) {
-        println!("\n{} FAILED ({}):", row.scenario, row.record.display());
+        println!("\n{} under {} FAILED ({}):", row.scenario, row.scheduler, row.record.display());
         for c in row.verdict.failures() {
             println!("  {}: {}", c.name, c.detail);
         }

@@ -439,6 +439,7 @@ fn run_completed(cx: &Ctx) -> Check {
         Some(Outcome::TimedOut) => {
             f.push(format!("the run hit its deadline of {} ms before the scenario ended", rec.deadline_ms))
         }
+        Some(Outcome::SchedulerFailed { reason }) => f.push(format!("the run was cut short: {reason}")),
         Some(o) => f.push(format!("the run ended as {o:?}, not Completed")),
     }
     if cx.t0.is_none() && rec.end.result.is_some() {
@@ -908,6 +909,9 @@ fn cpu_ratio(cx: &Ctx, numbers: &mut KeyNumbers) -> Check {
     }
     let ratio = a / b;
     numbers.cpu_ratio = Some(ratio);
+    if let Some(line) = no_weight_support(cx) {
+        return Check::skip(NAME, format!("not applicable (measured {ratio:.2}): the kernel says {line}"));
+    }
     let text = format!(
         "cpu time {pair} = {ratio:.2} ({:.2} s / {:.2} s), expected {} +- {:.0}%",
         a / 1e9,
@@ -917,6 +921,19 @@ fn cpu_ratio(cx: &Ctx, numbers: &mut KeyNumbers) -> Check {
     );
     let f = if (ratio / r.ratio - 1.0).abs() > r.tolerance { vec![text.clone()] } else { Vec::new() };
     Check::from_failures(NAME, f, || text)
+}
+
+/// The kernel's warning that the sched_ext scheduler ignores cgroup cpu.weight, if it gave one.
+fn no_weight_support<'a>(cx: &Ctx<'a>) -> Option<&'a str> {
+    if cx.rec.scheduler.kind != SchedulerKind::SchedExt {
+        return None;
+    }
+    let line = cx
+        .rec
+        .sched_events
+        .iter()
+        .find(|e| e.kind == SchedEventKind::KernelLog && e.text.contains("does not implement cgroup cpu.weight"))?;
+    Some(line.text.trim_start_matches("sched_ext: "))
 }
 
 /// Work types whose latency histogram holds wake-up latencies.
@@ -1012,36 +1029,95 @@ fn scheduler(cx: &Ctx) -> Check {
     }
 }
 
-/// sched_ext: enabled at every tick, one enable sequence, no detach/exit/error/stall event.
+/// sched_ext: attached before the run, enabled at every tick with one enable sequence, no
+/// exit/error/stall/detach event, and stopped at the end with the kernel back on EEVDF.
+/// A failure quotes the kernel's reason and adds the scheduler's last output lines, the
+/// kernel's sched_ext log and dump lines, and the console's last lines.
 fn scx_attached(cx: &Ctx) -> Check {
     let name = &cx.rec.scheduler.name;
-    let mut f = Vec::new();
+    let events = &cx.rec.sched_events;
+    let mut f: Vec<String> = events
+        .iter()
+        .filter(|e| e.kind.is_failure())
+        .map(|e| format!("{name} {} {}: {}", event_word(e.kind), cx.at(e.t_ns), e.text))
+        .collect();
+    if let Some(Outcome::SchedulerFailed { reason }) = cx.rec.end.result.as_ref().map(|r| &r.outcome)
+        && f.is_empty()
+    {
+        f.push(reason.to_string());
+    }
+    let attached = events.iter().find(|e| e.kind == SchedEventKind::Attached);
+    if attached.is_none() && f.is_empty() {
+        f.push(format!("{name} was never seen attached"));
+    }
     let mut seq = None;
     let mut n = 0usize;
     for (t, s) in cx.rec.ticks.iter().filter_map(|t| Some((t.t_ns, t.system?))) {
         n += 1;
         if s.scx != ScxState::Enabled {
             f.push(format!("sched_ext state was {:?} {} ({name} not attached)", s.scx, cx.at(t)));
+            break;
         }
         if let Some(cur) = s.scx_enable_seq {
             if seq.is_some_and(|prev| prev != cur) {
                 f.push(format!("sched_ext enable_seq changed to {cur} {}: {name} was reloaded", cx.at(t)));
+                break;
             }
             seq = Some(cur);
         }
     }
-    for e in &cx.rec.sched_events {
-        if matches!(
-            e.kind,
-            SchedEventKind::Detached | SchedEventKind::Exited | SchedEventKind::Error | SchedEventKind::Stall
-        ) {
-            f.push(format!("{name} {:?} {}: {}", e.kind, cx.at(e.t_ns), e.text));
-        }
-    }
-    if n == 0 {
+    if n == 0 && cx.t0.is_some() {
         f.push(format!("no system samples: cannot tell whether {name} stayed attached"));
     }
-    Check::from_failures("scheduler", f, || format!("{name} attached at all {n} ticks, no detach or error"))
+    let stopped = events.iter().find(|e| e.kind == SchedEventKind::Stopped);
+    if f.is_empty() && stopped.is_none() && cx.rec.end.result.is_some() {
+        f.push(format!("{name} was not seen stopping: the return to EEVDF was not confirmed"));
+    }
+    if f.is_empty() {
+        let how = attached.map_or(String::new(), |e| format!("attached as {}; ", e.text));
+        let end = stopped.map_or(String::new(), |e| format!("; {}", e.text));
+        return Check::pass("scheduler", format!("{how}enabled at all {n} ticks, no exit or error{end}"));
+    }
+    let mut check = Check::from_failures("scheduler", f, String::new);
+    check.detail.push_str(&failure_context(cx));
+    check
+}
+
+fn event_word(kind: SchedEventKind) -> &'static str {
+    match kind {
+        SchedEventKind::Exited => "exited",
+        SchedEventKind::Error => "was disabled by the kernel (error)",
+        SchedEventKind::Stall => "was disabled by the sched_ext watchdog (stall)",
+        SchedEventKind::Detached => "detached",
+        _ => "reported",
+    }
+}
+
+/// Lines of each context kind shown in a failed verdict (all are in the record).
+const CONTEXT_LINES: usize = 12;
+
+/// The kernel's log and dump lines, the scheduler's last output and the console's last lines.
+fn failure_context(cx: &Ctx) -> String {
+    let lines = |kind: SchedEventKind| -> Vec<&str> {
+        cx.rec.sched_events.iter().filter(|e| e.kind == kind).map(|e| e.text.as_str()).collect()
+    };
+    let mut out = String::new();
+    let mut section = |title: &str, all: Vec<&str>, last: bool| {
+        if all.is_empty() {
+            return;
+        }
+        let shown =
+            if last { &all[all.len().saturating_sub(CONTEXT_LINES)..] } else { &all[..all.len().min(CONTEXT_LINES)] };
+        let _ = write!(out, "\n    {title} ({} of {} lines):", shown.len(), all.len());
+        for l in shown {
+            let _ = write!(out, "\n      {l}");
+        }
+    };
+    section("kernel log", lines(SchedEventKind::KernelLog), false);
+    section("sched_ext debug dump", lines(SchedEventKind::Dump), false);
+    section("scheduler output, last", lines(SchedEventKind::Output), true);
+    section("console, last", cx.rec.console_tail.lines().collect(), true);
+    out
 }
 
 #[cfg(test)]
@@ -1513,25 +1589,70 @@ mod tests {
             "{}",
             c.detail
         );
-        // sched_ext: must be enabled at every tick, with one enable sequence and no exit.
+        // sched_ext: attached, enabled at every tick with one enable sequence, stopped at the end.
         let mut rec = catalog("basic_spin");
-        rec.scheduler = SchedulerInfo { name: "scx_simple".into(), kind: SchedulerKind::SchedExt };
+        rec.scheduler = SchedulerInfo { name: "scx_qmap".into(), kind: SchedulerKind::SchedExt, args: vec![] };
         for t in &mut rec.ticks {
             let s = t.system.as_mut().unwrap();
             (s.scx, s.scx_enable_seq) = (ScxState::Enabled, Some(1));
         }
-        assert!(check(&judge_default(&rec), "scheduler").passed);
-        rec.ticks[10].system.as_mut().unwrap().scx = ScxState::Disabled;
-        rec.ticks[20].system.as_mut().unwrap().scx_enable_seq = Some(2);
-        rec.sched_events.push(crate::record::SchedEvent {
-            t_ns: T0 + 1100 * MS,
-            kind: SchedEventKind::Exited,
-            text: "unregistered".into(),
-        });
+        let ev =
+            |t_ms: u64, kind, text: &str| crate::record::SchedEvent { t_ns: T0 + t_ms * MS, kind, text: text.into() };
         let c = check(&judge_default(&rec), "scheduler").clone();
-        assert!(c.detail.contains("sched_ext state was Disabled at 1.10 s (scx_simple not attached)"), "{}", c.detail);
-        assert!(c.detail.contains("enable_seq changed to 2 at 2.10 s"), "{}", c.detail);
-        assert!(c.detail.contains("scx_simple Exited at 1.10 s: unregistered"), "{}", c.detail);
+        assert!(!c.passed && c.detail.contains("scx_qmap was never seen attached"), "{}", c.detail);
+        rec.sched_events.push(ev(0, SchedEventKind::Attached, "qmap (enable_seq Some(1), after 900 ms)"));
+        let c = check(&judge_default(&rec), "scheduler").clone();
+        assert!(!c.passed && c.detail.contains("not seen stopping"), "{}", c.detail);
+        rec.sched_events.push(ev(9000, SchedEventKind::Stopped, "stopped in 40 ms; sched_ext disabled, back on EEVDF"));
+        let c = check(&judge_default(&rec), "scheduler").clone();
+        assert!(
+            c.passed && c.detail.contains("attached as qmap") && c.detail.contains("back on EEVDF"),
+            "{}",
+            c.detail
+        );
+        rec.ticks[20].system.as_mut().unwrap().scx_enable_seq = Some(2);
+        let c = check(&judge_default(&rec), "scheduler").clone();
+        assert!(c.detail.contains("enable_seq changed to 2 at 2.10 s: scx_qmap was reloaded"), "{}", c.detail);
+        // A kernel error: quoted, with the kernel log, the scheduler's output and the console.
+        rec.ticks[10].system.as_mut().unwrap().scx = ScxState::Disabled;
+        let why = "scx_qmap exited (exit status 1); kernel: BPF scheduler \"qmap\" disabled (runtime error)";
+        rec.sched_events.push(ev(1100, SchedEventKind::Error, why));
+        rec.sched_events.push(ev(1100, SchedEventKind::KernelLog, "sched_ext: qmap: scx_bpf_error (test)"));
+        for i in 0..20 {
+            rec.sched_events.push(ev(1100, SchedEventKind::Output, &format!("out {i}")));
+        }
+        rec.console_tail = "line a\nline b".into();
+        let c = check(&judge_default(&rec), "scheduler").clone();
+        let d = &c.detail;
+        assert!(
+            !c.passed && d.contains("scx_qmap was disabled by the kernel (error) at 1.10 s: scx_qmap exited"),
+            "{d}"
+        );
+        assert!(d.contains("sched_ext state was Disabled at 1.10 s (scx_qmap not attached)"), "{d}");
+        assert!(d.contains("kernel log (1 of 1 lines):\n      sched_ext: qmap: scx_bpf_error (test)"), "{d}");
+        assert!(
+            d.contains("scheduler output, last (12 of 20 lines)") && d.contains("out 19") && !d.contains("out 7\n"),
+            "{d}"
+        );
+        assert!(d.contains("console, last (2 of 2 lines)"), "{d}");
+    }
+
+    #[test]
+    fn fake_record_weight_ratio_skipped_when_the_kernel_says_the_scheduler_ignores_weights() {
+        let mut rec = catalog("cgroup_weights_2to1");
+        let before = check(&judge_default(&rec), "cpu_ratio").clone();
+        assert!(!before.skipped, "{}", before.detail);
+        rec.scheduler = SchedulerInfo { name: "scx_simple".into(), kind: SchedulerKind::SchedExt, args: vec![] };
+        rec.sched_events.push(crate::record::SchedEvent {
+            t_ns: T0,
+            kind: SchedEventKind::KernelLog,
+            text: "sched_ext: \"simple\" does not implement cgroup cpu.weight".into(),
+        });
+        let c = check(&judge_default(&rec), "cpu_ratio").clone();
+        assert!(c.skipped && c.detail.contains("the kernel says \"simple\" does not implement cgroup cpu.weight"));
+        // The same line under EEVDF (impossible, but) changes nothing.
+        rec.scheduler = SchedulerInfo::eevdf();
+        assert!(!check(&judge_default(&rec), "cpu_ratio").skipped);
     }
 
     #[test]

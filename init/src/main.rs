@@ -10,6 +10,7 @@ mod pid1;
 mod procfs;
 mod sampler;
 mod scenario;
+mod sched;
 mod session;
 mod shm;
 mod sink;

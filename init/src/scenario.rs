@@ -17,12 +17,15 @@ use ktstr_shared::wire::{
 use crate::cgroup::{Cgroups, Needs};
 use crate::control::Control;
 use crate::sampler::Sampler;
+use crate::sched::Scheduler;
 use crate::sink::Sink;
 use crate::sys;
 use crate::workers::{Asked, Pool};
 
 /// Time workers get to exit after being asked, before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_millis(500);
+/// Longest time between two looks at the scheduler under test.
+const SCHED_CHECK: Duration = Duration::from_millis(100);
 /// Time a SIGKILLed worker gets to disappear before the init gives up on it.
 const KILL_WAIT: Duration = Duration::from_secs(2);
 
@@ -36,6 +39,8 @@ pub struct Env<'a> {
     pub quiet: bool,
     /// In a guest (not host mode): the init may change kernel settings.
     pub guest: bool,
+    /// The scheduler under test: the run ends early when it fails.
+    pub sched: Option<&'a Scheduler>,
 }
 
 impl Env<'_> {
@@ -237,6 +242,10 @@ impl<'a> Runner<'a> {
             if now >= end {
                 return Outcome::Completed;
             }
+            if self.env.sched.and_then(Scheduler::check).is_some() {
+                // The session asks the scheduler again and explains the failure.
+                return Outcome::SchedulerFailed { reason: text("the scheduler under test failed") };
+            }
             if steps.get(next_step).is_some_and(|&t| now >= t) {
                 self.apply_step(next_step);
                 next_step += 1;
@@ -249,7 +258,8 @@ impl<'a> Runner<'a> {
                 next_sample = Some(t + period * (behind as u32 + 1));
                 continue;
             }
-            let wake = [Some(end), Some(deadline), steps.get(next_step).copied(), next_sample];
+            let watch = self.env.sched.map(|_| now + SCHED_CHECK);
+            let wake = [Some(end), Some(deadline), steps.get(next_step).copied(), next_sample, watch];
             self.wait(wake.into_iter().flatten().min().unwrap_or(end));
         }
     }

@@ -18,6 +18,7 @@ use crate::control::{self, Control};
 use crate::exec::{self, CHILD_PGID};
 use crate::pid1::{self, EarlyReport};
 use crate::scenario;
+use crate::sched::Scheduler;
 use crate::sink::Sink;
 use crate::sys;
 use crate::watchdog::Watchdog;
@@ -124,22 +125,47 @@ impl Session {
         {
             return nothing_run(outcome);
         }
-        if let Some(scn) = &plan.scenario {
-            return self.run_scenario(scn, deadline);
+        let mut sched = None;
+        if let Some(sp) = &plan.scheduler {
+            match self.start_scheduler(sp) {
+                Ok(s) => sched = Some(s),
+                Err(reason) => return nothing_run(Outcome::SchedulerFailed { reason: text(&reason) }),
+            }
         }
-        match &plan.exec {
-            Some(exec) => exec::run(exec, deadline, &self.sink, &self.control),
-            None => nothing_run(Outcome::Completed),
+        let mut result = match (&plan.scenario, &plan.exec) {
+            (Some(scn), _) => self.run_scenario(scn, deadline, sched.as_ref()),
+            (None, Some(exec)) => exec::run(exec, deadline, &self.sink, &self.control),
+            (None, None) => nothing_run(Outcome::Completed),
+        };
+        let Some(sched) = sched else { return result };
+        // A scheduler failure outranks how the workload ended: it is usually the cause.
+        let ended = match sched.check() {
+            Some(failure) => Err(sched.fail(failure, &self.sink)),
+            None => sched.stop(&self.sink),
+        };
+        if let Err(reason) = ended {
+            result.outcome = Outcome::SchedulerFailed { reason: text(&reason) };
+        }
+        result
+    }
+
+    /// Starts the plan's scheduler and waits for it to attach; `Err` with the reason.
+    fn start_scheduler(&self, sp: &ktstr_shared::plan::SchedPlan) -> Result<Scheduler, String> {
+        let mut s = Scheduler::start(sp, &self.sink).inspect_err(|e| self.log(LogLevel::Error, e))?;
+        match s.wait_attached(&self.sink, &self.control) {
+            Ok(()) => Ok(s),
+            Err(failure) => Err(s.fail(failure, &self.sink)),
         }
     }
 
-    fn run_scenario(&self, scn: &Scenario, deadline: Instant) -> RunResult {
+    fn run_scenario(&self, scn: &Scenario, deadline: Instant, sched: Option<&Scheduler>) -> RunResult {
         let env = scenario::Env {
             sink: &self.sink,
             control: &self.control,
             cgroup_root: self.cgroup_root.as_deref(),
             quiet: self.quiet,
             guest: matches!(self.exit, Exit::PowerOff { .. }),
+            sched,
         };
         scenario::run(scn, &env, deadline).unwrap_or_else(|e| fatal(&self.sink, self.exit, &format!("scenario: {e}")))
     }

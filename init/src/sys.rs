@@ -5,6 +5,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::ptr;
+use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
 use std::time::Duration;
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -144,12 +145,69 @@ pub fn kill_group(pgid: libc::pid_t) {
     }
 }
 
+/// The one child whose wait status is kept for its owner whoever reaps it (the scheduler
+/// under test: the scenario and exec loops reap every child with `waitpid(-1)`).
+static WATCHED_PID: AtomicI32 = AtomicI32::new(0);
+/// Its wait status once reaped; [`NOT_REAPED`] until then.
+static WATCHED_STATUS: AtomicI64 = AtomicI64::new(NOT_REAPED);
+const NOT_REAPED: i64 = i64::MIN;
+
+/// Keeps `pid`'s wait status for [`watched_status`] (replaces any earlier watch).
+pub fn watch_child(pid: libc::pid_t) {
+    WATCHED_STATUS.store(NOT_REAPED, Ordering::SeqCst);
+    WATCHED_PID.store(pid, Ordering::SeqCst);
+}
+
+/// The watched child's wait status, reaping it here if nobody has yet.
+pub fn watched_status() -> Option<libc::c_int> {
+    let pid = WATCHED_PID.load(Ordering::SeqCst);
+    if pid > 0 {
+        let mut status = 0;
+        // SAFETY: `status` is a valid out pointer.
+        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+            WATCHED_STATUS.store(status.into(), Ordering::SeqCst);
+        }
+    }
+    let status = WATCHED_STATUS.load(Ordering::SeqCst);
+    (status != NOT_REAPED).then_some(status as libc::c_int)
+}
+
 /// Reaps one exited child without blocking: `(pid, wait status)`.
 pub fn reap_one() -> Option<(libc::pid_t, libc::c_int)> {
     let mut status = 0;
     // SAFETY: `status` is a valid out pointer.
     let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    if pid > 0 && pid == WATCHED_PID.load(Ordering::SeqCst) {
+        WATCHED_STATUS.store(status.into(), Ordering::SeqCst);
+    }
     (pid > 0).then_some((pid, status))
+}
+
+/// "exit status N" or "killed by signal N" for a wait status.
+pub fn describe_status(status: libc::c_int) -> String {
+    if libc::WIFEXITED(status) {
+        format!("exit status {}", libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        let core = if libc::WCOREDUMP(status) { ", core dumped" } else { "" };
+        format!("killed by signal {sig} ({}{core})", signal_name(sig))
+    } else {
+        format!("wait status {status:#x}")
+    }
+}
+
+fn signal_name(sig: libc::c_int) -> &'static str {
+    match sig {
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGILL => "SIGILL",
+        libc::SIGINT => "SIGINT",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGTERM => "SIGTERM",
+        _ => "signal",
+    }
 }
 
 pub fn cstring(s: &str) -> io::Result<CString> {

@@ -18,8 +18,8 @@ pub const PLAN_PATH: &str = "/ktstr/plan";
 /// The guest end of the protocol channel (COM2).
 pub const PROTOCOL_TTY: &str = "/dev/ttyS1";
 /// Version of the [`RunPlan`] layout; the first field of every plan.
-/// v2: [`RunPlan::scenario`].
-pub const PLAN_VERSION: u16 = 2;
+/// v2: [`RunPlan::scenario`]. v3: [`RunPlan::scheduler`].
+pub const PLAN_VERSION: u16 = 3;
 /// Largest plan file the init accepts.
 pub const MAX_PLAN_BYTES: usize = 1 << 20;
 /// Default per-stream limit of command output streamed to the host.
@@ -44,6 +44,42 @@ pub struct RunPlan {
     pub exec: Option<ExecPlan>,
     /// Cgroups and workers to run and report on, if any (not together with `exec`).
     pub scenario: Option<Scenario>,
+    /// A sched_ext scheduler to start, see attach, and watch around the command or scenario;
+    /// `None` runs on the kernel's default scheduler (EEVDF).
+    pub scheduler: Option<SchedPlan>,
+}
+
+/// A sched_ext scheduler for the init to run: the process, how long it may take to attach,
+/// how long it gets to detach at the end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedPlan {
+    /// Name shown in reports (e.g. `scx_qmap`).
+    pub name: String,
+    /// Program (absolute guest path) and arguments.
+    pub argv: Vec<String>,
+    /// Its whole environment; [`DEFAULT_PATH`] when it has no `PATH`.
+    pub env: Vec<(String, String)>,
+    /// From spawn until /sys/kernel/sched_ext/state must read `enabled` with a new enable_seq.
+    pub attach_timeout_ms: u32,
+    /// From SIGINT at the end until the kernel must be back on EEVDF (then SIGKILL).
+    pub stop_timeout_ms: u32,
+}
+
+impl SchedPlan {
+    fn validate(&self) -> Result<(), PlanError> {
+        match self.argv.first() {
+            Some(p) if p.starts_with('/') => {}
+            _ => return Err(PlanError::SchedulerPath),
+        }
+        if self.attach_timeout_ms == 0 {
+            return Err(PlanError::ZeroAttachTimeout);
+        }
+        let env = self.env.iter().flat_map(|(k, v)| [k, v]);
+        if self.argv.iter().chain(env).chain([&self.name]).any(|s| s.contains('\0')) {
+            return Err(PlanError::NulByte);
+        }
+        Ok(())
+    }
 }
 
 /// A command for the init to run and watch.
@@ -69,6 +105,7 @@ impl RunPlan {
             wait_for_start: false,
             exec: None,
             scenario: None,
+            scheduler: None,
         }
     }
 
@@ -107,6 +144,9 @@ impl RunPlan {
         }
         if let Some(exec) = &self.exec {
             exec.validate()?;
+        }
+        if let Some(sched) = &self.scheduler {
+            sched.validate()?;
         }
         match &self.scenario {
             Some(_) if self.exec.is_some() => Err(PlanError::ExecAndScenario),
@@ -160,6 +200,8 @@ pub enum PlanError {
     BadEnvName { name: String },
     ExecAndScenario,
     Scenario(ScenarioError),
+    SchedulerPath,
+    ZeroAttachTimeout,
 }
 
 impl fmt::Display for PlanError {
@@ -188,6 +230,8 @@ impl fmt::Display for PlanError {
             }
             PlanError::ExecAndScenario => write!(f, "run plan has both exec and scenario; give one of them"),
             PlanError::Scenario(e) => write!(f, "run plan {e}"),
+            PlanError::SchedulerPath => write!(f, "run plan scheduler.argv[0] must be an absolute guest path"),
+            PlanError::ZeroAttachTimeout => write!(f, "run plan scheduler.attach_timeout_ms is 0; give a timeout > 0"),
         }
     }
 }

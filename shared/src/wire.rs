@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 
 /// Bumped on any change that is not an append of a variant or trailing field.
 /// v2: scenario telemetry (`Sample`, `WorkerReport` reshaped; `Scenario` events added).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// v3: scheduler lifecycle (`SchedEventKind` meanings, `Outcome::SchedulerFailed`).
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Largest frame on the wire, delimiter included.
 pub const MAX_FRAME: usize = 4096;
 /// Largest postcard encoding of one message.
@@ -318,15 +319,43 @@ pub enum ScenarioEventKind {
     Finished,
 }
 
+/// What a [`GuestMsg::SchedulerEvent`] reports; its text says the details.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SchedEventKind {
+    /// The scheduler process was spawned (text: its command line).
     Started,
+    /// sched_ext is enabled with this scheduler (text: the ops name from root/ops).
     Attached,
+    /// sched_ext went back to disabled while the scheduler was meant to run (text: why).
     Detached,
+    /// The scheduler process ended by itself (text: exit status or signal).
     Exited,
+    /// The kernel disabled the scheduler with an error (text: the kernel's reason).
     Error,
+    /// The sched_ext watchdog caught a runnable task stall (text: the kernel's reason).
     Stall,
     Other,
+    /// The init stopped the scheduler at the end of the run and the kernel is back on
+    /// EEVDF (text: how long that took).
+    Stopped,
+    /// One of the last lines of the scheduler's own output (sent when it stops or fails).
+    Output,
+    /// A kernel log line about sched_ext, from /dev/kmsg.
+    KernelLog,
+    /// A line of the kernel's sched_ext debug dump (the `sched_ext_dump` tracepoint).
+    Dump,
+}
+
+impl SchedEventKind {
+    /// A failure of the scheduler under test (ends a run early).
+    pub fn is_failure(self) -> bool {
+        matches!(self, Self::Detached | Self::Exited | Self::Error | Self::Stall)
+    }
+
+    /// Context lines that accompany a stop or a failure.
+    pub fn is_context(self) -> bool {
+        matches!(self, Self::Output | Self::KernelLog | Self::Dump)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -371,6 +400,11 @@ pub enum Outcome {
     FailedToStart {
         reason: Text,
     },
+    /// The scheduler under test did not attach, exited, or was disabled by the kernel; the
+    /// run was cut short. The scheduler events say more.
+    SchedulerFailed {
+        reason: Text,
+    },
 }
 
 /// Exit code for [`Outcome::TimedOut`], as `timeout(1)`.
@@ -379,6 +413,8 @@ pub const EXIT_TIMED_OUT: i32 = 124;
 pub const EXIT_FAILED_TO_START: i32 = 127;
 /// Exit code for [`Outcome::Stopped`], as an interrupted command (128 + SIGINT).
 pub const EXIT_STOPPED: i32 = 130;
+/// Exit code for [`Outcome::SchedulerFailed`]: a failed run, like a failed verdict.
+pub const EXIT_SCHEDULER_FAILED: i32 = 1;
 /// Exit code when the init itself fails ([`GuestMsg::Panic`]), as a Rust panic.
 pub const EXIT_INIT_FAILED: i32 = 101;
 
@@ -392,6 +428,7 @@ impl Outcome {
             Outcome::TimedOut => EXIT_TIMED_OUT,
             Outcome::Stopped => EXIT_STOPPED,
             Outcome::FailedToStart { .. } => EXIT_FAILED_TO_START,
+            Outcome::SchedulerFailed { .. } => EXIT_SCHEDULER_FAILED,
         }
     }
 }

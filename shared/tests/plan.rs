@@ -8,6 +8,16 @@ fn exec_plan() -> RunPlan {
     RunPlan { console_quiet: true, exec: Some(exec), ..RunPlan::new(5000) }
 }
 
+fn sched(argv0: &str, attach_timeout_ms: u32) -> SchedPlan {
+    SchedPlan {
+        name: "scx_qmap".into(),
+        argv: vec![argv0.into(), "-e".into(), "100".into()],
+        env: vec![("RUST_LOG".into(), "info".into())],
+        attach_timeout_ms,
+        stop_timeout_ms: 2000,
+    }
+}
+
 #[test]
 fn plan_round_trips() {
     let scenario = ktstr_shared::scenario::Scenario::new(
@@ -17,7 +27,8 @@ fn plan_round_trips() {
         ],
         300,
     );
-    for plan in [RunPlan::new(1), exec_plan(), RunPlan { scenario: Some(scenario), ..RunPlan::new(1000) }] {
+    let with_sched = RunPlan { scheduler: Some(sched("/ktstr/sched/scx_qmap", 5000)), ..exec_plan() };
+    for plan in [RunPlan::new(1), exec_plan(), RunPlan { scenario: Some(scenario), ..RunPlan::new(1000) }, with_sched] {
         let bytes = plan.to_bytes().unwrap();
         assert_eq!(RunPlan::from_bytes(&bytes).unwrap(), plan);
     }
@@ -30,6 +41,9 @@ fn plan_rejects_what_the_init_cannot_run() {
         (RunPlan { version: 99, ..RunPlan::new(1) }, PlanError::Version { found: 99 }),
         (RunPlan { exec: Some(ExecPlan::new(Vec::<String>::new())), ..RunPlan::new(1) }, PlanError::EmptyArgv),
         (RunPlan { exec: Some(ExecPlan::new(["a\0b"])), ..RunPlan::new(1) }, PlanError::NulByte),
+        (RunPlan { scheduler: Some(sched("scx_qmap", 5000)), ..RunPlan::new(1) }, PlanError::SchedulerPath),
+        (RunPlan { scheduler: Some(sched("/s", 0)), ..RunPlan::new(1) }, PlanError::ZeroAttachTimeout),
+        (RunPlan { scheduler: Some(sched("/s\0", 1)), ..RunPlan::new(1) }, PlanError::NulByte),
     ];
     for (plan, want) in cases {
         assert_eq!(plan.validate(), Err(want.clone()));

@@ -141,7 +141,7 @@ impl Kbuild<'_> {
 
 /// Runs `cmd` in its own process group with output appended to `log`, streaming compile
 /// lines into `progress`. On Ctrl-C the whole group is killed before returning.
-fn run_logged(mut cmd: Command, log: &Path, progress: &mut Progress) -> Result<(), MakeError> {
+pub(crate) fn run_logged(mut cmd: Command, log: &Path, progress: &mut Progress) -> Result<(), MakeError> {
     use std::os::unix::process::CommandExt;
     let shown = format!("{cmd:?}").replace('"', "");
     let io_err = |path: &Path| {
@@ -197,7 +197,23 @@ fn run_logged(mut cmd: Command, log: &Path, progress: &mut Progress) -> Result<(
 
 fn is_step(line: &str) -> bool {
     let t = line.trim_start();
-    ["CC ", "AS ", "LD ", "AR ", "HOSTCC ", "BTF ", "GEN ", "OBJCOPY ", "LZ4 "].iter().any(|p| t.starts_with(p))
+    [
+        "CC ",
+        "AS ",
+        "LD ",
+        "AR ",
+        "HOSTCC ",
+        "BTF ",
+        "GEN ",
+        "OBJCOPY ",
+        "LZ4 ",
+        "CLNG-BPF ",
+        "GEN-SKEL ",
+        "LINK ",
+        "INSTALL ",
+    ]
+    .iter()
+    .any(|p| t.starts_with(p))
 }
 
 fn kill_group(child: &mut Child) {

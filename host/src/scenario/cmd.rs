@@ -10,10 +10,11 @@ use ktstr_shared::topology::Topology;
 
 use crate::backend::{Accel, Backend};
 use crate::kernel::Kernel;
-use crate::record::{self, KernelInfo, RunMeta, RunRecord, SchedulerInfo};
+use crate::record::{self, KernelInfo, RunMeta, RunRecord};
 use crate::report::{self, ScenarioRow};
 use crate::runner::{RunOutput, RunRequest};
 use crate::scenario::{self, Resolved};
+use crate::sched::SchedulerUnderTest;
 use crate::verdict::{self, Overrides, Thresholds, Verdict};
 
 /// Options of `run` for scenario runs.
@@ -26,9 +27,18 @@ pub struct ScenarioArgs {
     /// Multiply scenario run times and step holds by F (e.g. 0.5 under TCG emulation)
     #[arg(long, default_value_t = 1.0, value_name = "F")]
     pub duration_scale: f64,
-    /// Scheduler under test (only eevdf for now; sched_ext schedulers come later)
-    #[arg(long, default_value = "eevdf", value_parser = ["eevdf"])]
-    pub scheduler: String,
+    /// Scheduler under test: eevdf, an in-tree sched_ext scheduler (scx_simple, scx_qmap,
+    /// scx_central, scx_flatcg: built for the kernel on first use) or the path of any scheduler
+    /// binary. Arguments may follow in the same word ('scx_qmap -s 5000') or after `--`.
+    /// Repeatable: every scenario runs under each scheduler (a matrix)
+    #[arg(long = "scheduler", value_name = "NAME|PATH", default_value = "eevdf")]
+    pub schedulers: Vec<String>,
+    /// Arguments for the sched_ext scheduler(s)
+    #[arg(last = true, value_name = "SCHED_ARGS")]
+    pub sched_args: Vec<String>,
+    /// Seconds a scheduler gets to attach (sched_ext enabled) before the run fails
+    #[arg(long, default_value_t = 20, value_name = "SECS", value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub attach_timeout: u32,
     /// Where run records go: DIR/<run-id>/record.json and verdict.json
     #[arg(long, default_value = "target/ktstr", value_name = "DIR")]
     pub out_dir: PathBuf,
@@ -93,16 +103,44 @@ fn kernel_info(k: &Kernel) -> KernelInfo {
     }
 }
 
+impl ScenarioArgs {
+    /// The schedulers of the matrix, resolved (and in-tree ones built) before any VM boots.
+    pub fn resolve_schedulers(
+        &self,
+        cache: &crate::kernel::cache::Cache,
+        k: &Kernel,
+    ) -> Result<Vec<SchedulerUnderTest>> {
+        let all = self.schedulers.iter().map(|s| crate::sched::resolve(s, &self.sched_args, cache, k));
+        let all = all.collect::<Result<Vec<_>>>()?;
+        if !self.sched_args.is_empty() && all.iter().all(|s| s.binary.is_none()) {
+            bail!("arguments after -- are for a sched_ext scheduler, but the only scheduler is eevdf; add --scheduler");
+        }
+        Ok(all)
+    }
+
+    pub fn attach_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.attach_timeout.into())
+    }
+}
+
 /// Records, judges and stores one scenario's run; returns its table row.
-pub fn finish(r: &Resolved, k: &Kernel, req: &RunRequest, out: RunOutput, args: &ScenarioArgs) -> Result<ScenarioRow> {
+pub fn finish(
+    r: &Resolved,
+    sched: &SchedulerUnderTest,
+    k: &Kernel,
+    req: &RunRequest,
+    out: RunOutput,
+    args: &ScenarioArgs,
+) -> Result<ScenarioRow> {
     let wall_s = out.collected.phases.stopped.map_or(0.0, |d| d.as_secs_f64()) + out.setup.as_secs_f64();
+    let id_name = if sched.binary.is_some() { format!("{}-{}", r.info.name, sched.name) } else { r.info.name.clone() };
     let meta = RunMeta {
-        run_id: record::run_id(&r.info.name, &req.topology),
+        run_id: record::run_id(&id_name, &req.topology),
         scenario: r.info.clone(),
         plan: r.scenario.clone(),
         expect: r.expect.clone(),
         topology: req.topology,
-        scheduler: SchedulerInfo::eevdf(),
+        scheduler: sched.info(),
         kernel: kernel_info(k),
         backend: out.backend.to_string(),
         emulated: out.backend == Backend::Qemu(Accel::Tcg),
@@ -116,6 +154,7 @@ pub fn finish(r: &Resolved, k: &Kernel, req: &RunRequest, out: RunOutput, args: 
     record::write_json(&dir.join("verdict.json"), &verdict, true)?;
     Ok(ScenarioRow {
         scenario: r.info.name.clone(),
+        scheduler: sched.label(),
         passed: verdict.passed,
         record: dir.join("record.json"),
         wall_s,
