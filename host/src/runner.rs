@@ -184,17 +184,46 @@ pub fn initramfs(cache: &Cache, plan: &RunPlan, files: &[GuestFile], dir: &Path)
     Ok(vec![base, out])
 }
 
-/// The micro-VMM variant of a spec: on PVM (only with the explicit override) the ELF
-/// vmlinux boots where a bzImage's decompressor is too slow, and the kernel must avoid the
-/// instructions PVM's emulator cannot run.
-fn kvm_spec(mut spec: VmSpec, kernel: &Kernel) -> VmSpec {
-    if matches!(crate::vmm::detect(), crate::vmm::KvmFlavour::Pvm) {
-        if let Some(v) = &kernel.vmlinux {
-            spec.kernel = v.clone();
-        }
+/// `KTSTR_KVM_KERNEL=bzimage|vmlinux`: which image of a kernel the micro-VMM boots when a
+/// kernel has both (cache entries do: the bzImage and a stripped ELF vmlinux). Unset: PVM
+/// boots the vmlinux (a bzImage's decompressor takes minutes under its emulator), every other
+/// KVM [`DEFAULT_KVM_FORMAT`].
+pub const KVM_KERNEL_ENV: &str = "KTSTR_KVM_KERNEL";
+
+/// Which image the micro-VMM boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvmKernelFormat {
+    BzImage,
+    Vmlinux,
+}
+
+/// The faster of the two to the guest's Hello, measured under nested KVM (bench/README.md,
+/// "bzImage vs vmlinux").
+pub const DEFAULT_KVM_FORMAT: KvmKernelFormat = KvmKernelFormat::BzImage;
+
+fn kvm_format(env: Option<&str>, pvm: bool) -> Result<KvmKernelFormat> {
+    match env.map(str::trim) {
+        None | Some("") => Ok(if pvm { KvmKernelFormat::Vmlinux } else { DEFAULT_KVM_FORMAT }),
+        Some(v) if v.eq_ignore_ascii_case("bzimage") => Ok(KvmKernelFormat::BzImage),
+        Some(v) if v.eq_ignore_ascii_case("vmlinux") || v.eq_ignore_ascii_case("elf") => Ok(KvmKernelFormat::Vmlinux),
+        Some(v) => bail!("{KVM_KERNEL_ENV}={v}: expected bzimage or vmlinux (or unset for the default)"),
+    }
+}
+
+/// The micro-VMM variant of a spec: the kernel image in the chosen format when the kernel has
+/// both (otherwise the one it has); on PVM, a command line that avoids the instructions PVM's
+/// emulator cannot run.
+fn kvm_spec(mut spec: VmSpec, kernel: &Kernel) -> Result<VmSpec> {
+    let pvm = matches!(crate::vmm::detect(), crate::vmm::KvmFlavour::Pvm);
+    let format = kvm_format(std::env::var(KVM_KERNEL_ENV).ok().as_deref(), pvm)?;
+    if let (KvmKernelFormat::Vmlinux, Some(v)) = (format, &kernel.vmlinux) {
+        spec.kernel = v.clone();
+    }
+    tracing::debug!("micro-VMM kernel ({format:?} preferred): {}", spec.kernel.display());
+    if pvm {
         spec.cmdline.push_str(" noxsave clearcpuid=popcnt,smap,smep,cx16");
     }
-    spec
+    Ok(spec)
 }
 
 /// Boots, supervises and tears down one VM.
@@ -217,7 +246,7 @@ pub fn run(cache: &Cache, req: &RunRequest) -> Result<RunOutput> {
     };
     let mut machine: Box<dyn Machine> = match req.backend {
         Backend::Qemu(accel) => Box::new(backend::qemu::Qemu::start(&spec, accel, dir.path())?),
-        Backend::Kvm => Box::new(backend::kvm::KvmMachine::start(&kvm_spec(spec.clone(), &req.kernel))?),
+        Backend::Kvm => Box::new(backend::kvm::KvmMachine::start(&kvm_spec(spec.clone(), &req.kernel)?)?),
     };
     let setup = t0.elapsed();
     let opts = collect::Options { echo_console: req.console, stream_output: req.stream_output };
@@ -267,6 +296,16 @@ mod tests {
         std::fs::write(&script, "#!/bin/sh -e\necho hi\n").unwrap();
         let files: Vec<PathBuf> = program_files(&script).unwrap().into_iter().map(|f| f.host).collect();
         assert_eq!(files, [script.clone(), PathBuf::from("/bin/sh")]);
+    }
+
+    #[test]
+    fn kvm_kernel_format_choice() {
+        assert_eq!(kvm_format(None, false).unwrap(), DEFAULT_KVM_FORMAT);
+        assert_eq!(kvm_format(Some(""), true).unwrap(), KvmKernelFormat::Vmlinux);
+        assert_eq!(kvm_format(Some("vmlinux"), false).unwrap(), KvmKernelFormat::Vmlinux);
+        assert_eq!(kvm_format(Some("bzImage"), true).unwrap(), KvmKernelFormat::BzImage, "explicit wins on PVM");
+        let e = kvm_format(Some("zimage"), false).unwrap_err().to_string();
+        assert!(e.contains(KVM_KERNEL_ENV) && e.contains("bzimage or vmlinux"), "{e}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! on its own thread; its console tap and COM2 are adapted to `Read`/`Write`.
 
 use super::{Machine, MachineExit, VmSpec};
+use crate::vmm::boot::KernelFormat;
 use crate::vmm::{Com2, ConsoleTap, Payload, RecvError, Stopper, Vm, VmConfig, VmError, VmExit, VmOutcome};
 use std::io::{self, Read, Write};
 use std::thread::JoinHandle;
@@ -13,6 +14,8 @@ pub struct KvmMachine {
     console: Option<ConsoleTap>,
     stopper: Stopper,
     channel_taken: bool,
+    /// What was booted ("bzImage", "ELF vmlinux"), for the exit description.
+    kernel: &'static str,
 }
 
 impl KvmMachine {
@@ -28,17 +31,22 @@ impl KvmMachine {
         cfg.topology = Some(spec.topology);
         cfg.timeout = spec.timeout;
         let vm = Vm::new(cfg)?;
+        let kernel = match vm.kernel().map(|k| k.format) {
+            Some(KernelFormat::BzImage) => "bzImage",
+            Some(KernelFormat::Elf) => "ELF vmlinux",
+            None => "raw",
+        };
         let (com2, console, stopper) = (vm.com2(), Some(vm.console_tap()), vm.stopper());
         let run = std::thread::Builder::new()
             .name("ktstr-vm".into())
             .spawn(move || vm.run())
             .map_err(|source| VmError::Os { what: "spawning the VM thread", source })?;
-        Ok(KvmMachine { run: Some(run), com2, console, stopper, channel_taken: false })
+        Ok(KvmMachine { run: Some(run), com2, console, stopper, channel_taken: false, kernel })
     }
 }
 
 /// How a micro-VMM exit reads in a run report (registers included for faults).
-fn describe(o: &VmOutcome) -> String {
+fn describe(o: &VmOutcome, kernel: &str) -> String {
     let how = match &o.exit {
         VmExit::PowerOff => "guest powered off".into(),
         VmExit::Reset => "guest reset".into(),
@@ -48,7 +56,8 @@ fn describe(o: &VmOutcome) -> String {
     let ms = |(n, d): &(&str, Duration)| format!("{n} {:.1}ms", d.as_secs_f64() * 1e3);
     let phases: Vec<String> = o.phases.iter().map(ms).collect();
     let host: Vec<String> = o.host_calls.iter().map(ms).collect();
-    format!("micro-VMM: {how} (phases: {}; host kernel: {})", phases.join(", "), host.join(", "))
+    let waited = ms(&("waited", o.host_wait));
+    format!("micro-VMM: {how} ({kernel}; phases: {}; host kernel: {}; {waited})", phases.join(", "), host.join(", "))
 }
 
 impl Machine for KvmMachine {
@@ -73,7 +82,8 @@ impl Machine for KvmMachine {
         let handle = self.run.take().expect("checked above");
         let exit = match handle.join() {
             Ok(Ok(outcome)) => {
-                MachineExit { success: outcome.exit.is_clean(), detail: describe(&outcome), stderr: String::new() }
+                let detail = describe(&outcome, self.kernel);
+                MachineExit { success: outcome.exit.is_clean(), detail, stderr: String::new() }
             }
             Ok(Err(e)) => MachineExit { success: false, detail: format!("micro-VMM: {e}"), stderr: String::new() },
             Err(_) => MachineExit { success: false, detail: "micro-VMM thread panicked".into(), stderr: String::new() },
@@ -84,7 +94,7 @@ impl Machine for KvmMachine {
     fn kill(&mut self) -> Option<String> {
         self.stopper.stop();
         match self.run.take()?.join() {
-            Ok(Ok(outcome)) => Some(describe(&outcome)),
+            Ok(Ok(outcome)) => Some(describe(&outcome, self.kernel)),
             Ok(Err(e)) => Some(format!("micro-VMM: {e}")),
             Err(_) => Some("micro-VMM thread panicked".into()),
         }

@@ -281,7 +281,8 @@ mod tests {
     fn any_input_change_is_a_miss_and_rebuilds() {
         let s = Setup::new();
         let (first, _) = s.get("k");
-        let changes: [(&str, fn(&Setup)); 4] = [
+        type Change = (&'static str, fn(&Setup));
+        let changes: [Change; 4] = [
             ("same size, new mtime", |s| old_file(&s.path("tool"), b"#!/bin/sh\necho TOOL\n")),
             ("file added to an included directory", |s| old_file(&s.path("data/b.txt"), b"b")),
             ("file replaced by another inode", |s| {

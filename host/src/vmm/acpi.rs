@@ -5,8 +5,12 @@
 //! The FADT is deliberately NOT hardware-reduced: in that mode Linux drops the legacy PIC and
 //! with it the ISA IRQ mappings, so the 8250 UARTs (COM2 is our protocol channel) cannot get
 //! IRQs 3/4 unless the DSDT describes them (measured: the init's tty open failed under nested
-//! KVM). A full FADT with no PM blocks and SMI_CMD = 0 ("already in ACPI mode") keeps the
-//! PIC/IOAPIC/PIT setup the MP table gave. There is no ACPI power-off (no PM1 control block):
+//! KVM). A full FADT with SMI_CMD = 0 ("already in ACPI mode") keeps the PIC/IOAPIC/PIT setup
+//! the MP table gave. A full FADT must describe the PM1a event and control blocks, which
+//! ACPICA writes while enabling ACPI (clearing status, masking the fixed events): without them
+//! every such access fails with AE_BAD_ADDRESS. They are the minimal register file the VMM
+//! answers in `ports` ([`PM1A_EVT_BLK`], [`PM1A_CNT_BLK`]): no status ever set, SCI_EN always
+//! set. There is no PM timer, no GPE block and no ACPI power-off (no \_S5 in the empty DSDT):
 //! the guest ends with a reboot through the i8042 (`reboot=k`), flagged in IAPC_BOOT_ARCH.
 //! With ACPI present Linux ignores the MP table, so the VMM does not write one then.
 
@@ -31,6 +35,15 @@ const SCI_IRQ: u16 = 9;
 const BOOT_ARCH_8042: u16 = 1 << 1;
 const BOOT_ARCH_NO_VGA: u16 = 1 << 2;
 const FADT_LEN: usize = 276;
+/// PM1a event block (PM1_STS, PM1_EN: 2 bytes each) and control block (PM1_CNT, 2 bytes), in
+/// I/O space where QEMU's PIIX4 puts them; answered by `ports::Devices`.
+pub const PM1A_EVT_BLK: u16 = 0x600;
+pub const PM1_EVT_LEN: u8 = 4;
+pub const PM1A_CNT_BLK: u16 = 0x604;
+pub const PM1_CNT_LEN: u8 = 2;
+/// C2/C3 latencies above 100 / 1000 us mean "not supported" (there is no P_BLK either).
+const P_LVL2_LAT_NONE: u16 = 101;
+const P_LVL3_LAT_NONE: u16 = 1001;
 
 /// Default SLIT distances.
 pub const LOCAL_DISTANCE: u8 = 10;
@@ -114,6 +127,12 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
     let at = |off: usize| off - HEADER_LEN;
     body[at(40)..at(44)].copy_from_slice(&(dsdt_addr as u32).to_le_bytes());
     body[at(46)..at(48)].copy_from_slice(&SCI_IRQ.to_le_bytes());
+    body[at(56)..at(60)].copy_from_slice(&u32::from(PM1A_EVT_BLK).to_le_bytes());
+    body[at(64)..at(68)].copy_from_slice(&u32::from(PM1A_CNT_BLK).to_le_bytes());
+    body[at(88)] = PM1_EVT_LEN;
+    body[at(89)] = PM1_CNT_LEN;
+    body[at(96)..at(98)].copy_from_slice(&P_LVL2_LAT_NONE.to_le_bytes());
+    body[at(98)..at(100)].copy_from_slice(&P_LVL3_LAT_NONE.to_le_bytes());
     body[at(109)..at(111)].copy_from_slice(&(BOOT_ARCH_8042 | BOOT_ARCH_NO_VGA).to_le_bytes());
     body[at(112)..at(116)].copy_from_slice(&(FADT_PWR_BUTTON | FADT_SLP_BUTTON).to_le_bytes());
     body[at(131)] = 5; // FADT minor version (ACPI 6.5)
@@ -401,6 +420,21 @@ mod tests {
         let flags = { fadt.get().flags };
         assert!(!flags.system_is_hw_reduced_acpi(), "legacy PIC and ISA IRQs stay");
         assert_eq!({ fadt.get().sci_interrupt }, SCI_IRQ);
+        // The PM1a blocks ACPICA needs to enable ACPI, in I/O space, answered by the VMM.
+        let f = fadt.get();
+        assert_eq!({ f.smi_cmd_port }, 0, "already in ACPI mode");
+        let io = ::acpi::address::AddressSpace::SystemIo;
+        let evt = f.pm1a_event_block().expect("PM1a event block");
+        assert_eq!((evt.address, evt.address_space, evt.bit_width), (0x600, io, 32));
+        let cnt = f.pm1a_control_block().expect("PM1a control block");
+        assert_eq!((cnt.address, cnt.address_space, cnt.bit_width), (0x604, io, 16));
+        assert!(f.pm1b_event_block().unwrap().is_none() && f.pm1b_control_block().unwrap().is_none());
+        assert!(f.pm_timer_block().unwrap().is_none() && f.pm2_control_block().unwrap().is_none());
+        // Raw bytes the parser does not expose: no GPE blocks, C2/C3 "not supported".
+        let raw = body::<::acpi::fadt::Fadt>(&blob, &tables);
+        let at = |off: usize| off - HEADER_LEN;
+        assert_eq!((raw[at(80)..at(88)].to_vec(), raw[at(92)], raw[at(93)]), (vec![0; 8], 0, 0));
+        assert_eq!(u16::from_le_bytes([raw[at(96)], raw[at(97)]]), 101);
         let dsdt = tables.dsdt().expect("DSDT");
         assert_eq!(dsdt.length, 0, "empty AML");
         let xsdt_entries = tables.headers().count();

@@ -99,6 +99,9 @@ pub enum VmError {
         #[source]
         source: std::io::Error,
     },
+
+    #[error("the thread creating the VM panicked; this is a bug in the VMM, please report it")]
+    VmThreadPanicked,
 }
 
 impl VmError {

@@ -104,10 +104,24 @@ pub fn host_memory_mib() -> Option<u64> {
     Some(kib / 1024)
 }
 
-/// Maps anonymous memory for every RAM range (lazily populated, MAP_NORESERVE).
+/// Maps anonymous memory for every RAM range (lazily populated, MAP_NORESERVE), asking for
+/// transparent huge pages: the first touch of guest RAM (the VMM copying the kernel and
+/// initrd, then the guest) faults in 2 MiB at a time instead of 4 KiB. Copying a 25 MiB
+/// vmlinux is ~6400 page faults otherwise, the largest part of the VMM's setup time. Where THP
+/// is off (`never`) the advice is a no-op and memory stays 4 KiB pages.
 pub fn allocate(layout: &MemoryLayout) -> Result<GuestMemoryMmap, VmError> {
-    GuestMemoryMmap::from_ranges(&layout.ram_ranges())
-        .map_err(|e| VmError::MemoryAlloc { mib: layout.total_bytes() / MIB, reason: e.to_string() })
+    let memory = GuestMemoryMmap::from_ranges(&layout.ram_ranges())
+        .map_err(|e| VmError::MemoryAlloc { mib: layout.total_bytes() / MIB, reason: e.to_string() })?;
+    for region in memory.iter() {
+        if let Ok(host) = memory.get_host_address(region.start_addr()) {
+            // SAFETY: advice on a mapping `memory` owns; MADV_HUGEPAGE changes no contents.
+            let rc = unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
+            if rc != 0 {
+                tracing::debug!("madvise(MADV_HUGEPAGE) on guest RAM: {}", std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(memory)
 }
 
 /// Registers each region as a KVM memory slot.

@@ -56,11 +56,12 @@ pub struct Timeline {
     origin: Instant,
     phases: Vec<(&'static str, Duration)>,
     host_calls: Vec<(&'static str, Duration)>,
+    host_wait: Duration,
 }
 
 impl Default for Timeline {
     fn default() -> Self {
-        Self { origin: process_start(), phases: Vec::new(), host_calls: Vec::new() }
+        Self { origin: process_start(), phases: Vec::new(), host_calls: Vec::new(), host_wait: Duration::ZERO }
     }
 }
 
@@ -77,6 +78,18 @@ impl Timeline {
     /// The host-kernel calls timed by [`Timeline::host_call`], in call order.
     pub fn host_calls(&self) -> &[(&'static str, Duration)] {
         &self.host_calls
+    }
+
+    /// Takes over the host calls another thread timed, and how long this one then `waited`
+    /// for them.
+    pub fn adopt_host_calls(&mut self, other: &Timeline, waited: Duration) {
+        self.host_calls.extend_from_slice(&other.host_calls);
+        self.host_wait += waited;
+    }
+
+    /// Time spent waiting for host-kernel calls made on another thread.
+    pub fn host_wait(&self) -> Duration {
+        self.host_wait
     }
 
     pub fn mark(&mut self, name: &'static str) {

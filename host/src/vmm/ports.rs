@@ -1,5 +1,6 @@
-//! The guest's I/O space: both UARTs, a minimal i8042 (for the reset line), the milestone
-//! port, and a defined answer for everything else (reads all-ones, writes ignored, counted).
+//! The guest's I/O space: both UARTs, a minimal i8042 (for the reset line), the ACPI PM1a
+//! event and control registers the FADT points at, the milestone port, and a defined answer
+//! for everything else (reads all-ones, writes ignored, counted).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,15 @@ pub const POST_PORT: u16 = 0x80;
 pub const MILESTONE_PORT: u16 = 0x610;
 /// Milestones kept; later ones are dropped, so a guest spamming the port costs bounded memory.
 pub const MAX_MILESTONES: usize = 4096;
+/// The PM1a register file (`acpi::PM1A_EVT_BLK` .. + 6): PM1_STS, PM1_EN, PM1_CNT, 2 bytes each.
+pub const PM1_BASE: u16 = super::acpi::PM1A_EVT_BLK;
+const PM1_PORTS: u16 = 6;
+const _: () = assert!(super::acpi::PM1A_CNT_BLK == PM1_BASE + 4 && super::acpi::PM1_EVT_LEN == 4);
+/// PM1_CNT.SCI_EN: the system is in ACPI mode (always: there is no SMI to switch).
+pub const PM1_CNT_SCI_EN: u16 = 1;
+/// PM1_CNT.SLP_EN: write-only, reads as 0.
+const PM1_CNT_SLP_EN: u16 = 1 << 13;
+
 /// Distinct unhandled addresses remembered for diagnostics (counts are kept for all).
 const UNHANDLED_SAMPLES: usize = 16;
 
@@ -90,7 +100,43 @@ pub struct Devices {
     pub console: Arc<Mutex<ConsoleLog>>,
     pub com2_out: Arc<ByteStream>,
     milestones: Mutex<Vec<(u32, Instant)>>,
+    /// PM1_EN and PM1_CNT as last written (PM1_STS has no event that could set a bit).
+    pm1: Mutex<Pm1>,
     unhandled: Unhandled,
+}
+
+/// The PM1a registers: no fixed event ever happens here (no power button, no PM timer, no
+/// RTC alarm), so PM1_STS always reads 0 and the SCI is never raised; enable bits and
+/// control bits read back as written, with SCI_EN always set.
+#[derive(Debug, Default)]
+struct Pm1 {
+    enable: u16,
+    control: u16,
+}
+
+impl Pm1 {
+    fn registers(&self) -> [u8; PM1_PORTS as usize] {
+        let [e0, e1] = self.enable.to_le_bytes();
+        let [c0, c1] = ((self.control & !PM1_CNT_SLP_EN) | PM1_CNT_SCI_EN).to_le_bytes();
+        [0, 0, e0, e1, c0, c1]
+    }
+
+    /// Byte-wise writes, so any access width and alignment inside the block works.
+    fn write(&mut self, offset: u16, data: &[u8]) {
+        for (i, byte) in data.iter().enumerate() {
+            let set = |reg: &mut u16, hi: bool| {
+                let shift = if hi { 8 } else { 0 };
+                *reg = (*reg & !(0xff << shift)) | (u16::from(*byte) << shift);
+            };
+            match offset + i as u16 {
+                2 => set(&mut self.enable, false),
+                3 => set(&mut self.enable, true),
+                4 => set(&mut self.control, false),
+                5 => set(&mut self.control, true),
+                _ => {} // PM1_STS: write 1 to clear, and nothing is ever set
+            }
+        }
+    }
 }
 
 fn uart_offset(port: u16, base: u16) -> Option<u8> {
@@ -117,11 +163,20 @@ impl Devices {
             console,
             com2_out,
             milestones: Mutex::new(Vec::new()),
+            pm1: Mutex::new(Pm1::default()),
             unhandled: Unhandled::default(),
         }
     }
 
     pub fn pio_in(&self, port: u16, data: &mut [u8]) {
+        if (PM1_BASE..PM1_BASE + PM1_PORTS).contains(&port) {
+            let regs = lock(&self.pm1).registers();
+            let offset = usize::from(port - PM1_BASE);
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = regs.get(offset + i).copied().unwrap_or(0xff);
+            }
+            return;
+        }
         let value = if let Some(off) = uart_offset(port, COM1_BASE) {
             lock(&self.com1).read(off)
         } else if let Some(off) = uart_offset(port, COM2_BASE) {
@@ -150,6 +205,8 @@ impl Devices {
             self.com2_out.wait_for_room();
         } else if port == I8042_COMMAND && byte == I8042_RESET {
             return PioAction::Reset;
+        } else if (PM1_BASE..PM1_BASE + PM1_PORTS).contains(&port) {
+            lock(&self.pm1).write(port - PM1_BASE, data);
         } else if port == MILESTONE_PORT {
             let mut milestones = lock(&self.milestones);
             if milestones.len() < MAX_MILESTONES {
@@ -240,6 +297,31 @@ mod tests {
         let mut b = [0xaa];
         d.pio_in(0x64, &mut b);
         assert_eq!(b[0], 0);
+        assert_eq!(d.unhandled(), UnhandledStats::default());
+    }
+
+    #[test]
+    fn pm1a_registers_answer_like_an_acpi_mode_chipset() {
+        let d = devices();
+        let read16 = |port: u16| {
+            let mut b = [0xaa; 2];
+            d.pio_in(port, &mut b);
+            u16::from_le_bytes(b)
+        };
+        // ACPICA at boot: clear PM1_STS (write ones), mask every fixed event, read the mode.
+        assert_eq!(d.pio_out(PM1_BASE, &0xffffu16.to_le_bytes()), PioAction::Continue);
+        assert_eq!(read16(PM1_BASE), 0, "no status bit is ever set");
+        d.pio_out(PM1_BASE + 2, &0x0121u16.to_le_bytes());
+        assert_eq!(read16(PM1_BASE + 2), 0x0121, "enable bits read back");
+        d.pio_out(PM1_BASE + 2, &[0]); // a byte write changes the low byte only
+        assert_eq!(read16(PM1_BASE + 2), 0x0100);
+        assert_eq!(read16(super::super::acpi::PM1A_CNT_BLK) & PM1_CNT_SCI_EN, 1, "in ACPI mode");
+        d.pio_out(PM1_BASE + 4, &(PM1_CNT_SLP_EN | (5 << 10)).to_le_bytes());
+        assert_eq!(read16(PM1_BASE + 4), (5 << 10) | PM1_CNT_SCI_EN, "SLP_EN reads as 0");
+        // A 32-bit read of the event block: PM1_STS low, PM1_EN high.
+        let mut w = [0u8; 4];
+        d.pio_in(PM1_BASE, &mut w);
+        assert_eq!(u32::from_le_bytes(w), 0x0100 << 16);
         assert_eq!(d.unhandled(), UnhandledStats::default());
     }
 
