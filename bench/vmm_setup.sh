@@ -17,8 +17,8 @@
 # The origin is the exec of ktstr-host, to the microsecond (KTSTR_EXEC_EPOCH=$EPOCHREALTIME),
 # not /proc's process start time, which has 10 ms ticks.
 #   bench/vmm_setup.sh [RUNS]   (default 20)
-# KTSTR_KVM_KERNEL=bzimage|vmlinux picks the image (default here: bzimage, the micro-VMM's
-# default on hardware KVM; on PVM the VMM would otherwise take the vmlinux).
+# KTSTR_KVM_KERNEL=bzimage|vmlinux picks the image of the cached kernel (default: vmlinux, the
+# micro-VMM's default when a kernel has both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-20}
@@ -28,7 +28,7 @@ KERNEL=$($HOST kernel resolve --json | sed -n 's/.*"image": "\(.*\)".*/\1/p')
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 export KTSTR_KVM_ALLOW_PVM=1
-export KTSTR_KVM_KERNEL=${KTSTR_KVM_KERNEL:-bzimage}
+export KTSTR_KVM_KERNEL=${KTSTR_KVM_KERNEL:-vmlinux}
 
 # One run: "total host_kernel own before_vmm" in ms, from the VMM's phases.
 ours() {

@@ -199,7 +199,7 @@ pub enum KvmKernelFormat {
 
 /// The faster of the two to the guest's Hello, measured under nested KVM (bench/README.md,
 /// "bzImage vs vmlinux").
-pub const DEFAULT_KVM_FORMAT: KvmKernelFormat = KvmKernelFormat::BzImage;
+pub const DEFAULT_KVM_FORMAT: KvmKernelFormat = KvmKernelFormat::Vmlinux;
 
 fn kvm_format(env: Option<&str>, pvm: bool) -> Result<KvmKernelFormat> {
     match env.map(str::trim) {
@@ -229,8 +229,10 @@ fn kvm_spec(mut spec: VmSpec, kernel: &Kernel) -> Result<VmSpec> {
 /// Boots, supervises and tears down one VM.
 pub fn run(cache: &Cache, req: &RunRequest) -> Result<RunOutput> {
     let t0 = Instant::now();
+    crate::vmm::phases::mark_early("run_start");
     let dir = tempfile::Builder::new().prefix("ktstr-run-").tempdir().context("creating a temp dir for the run")?;
     let initrd = initramfs(cache, &req.plan, &req.files, dir.path())?;
+    crate::vmm::phases::mark_early("initramfs_ready");
     let sizes = initrd.iter().map(|p| Ok(std::fs::metadata(p)?.len())).collect::<Result<Vec<u64>>>()?;
     let initrd_bytes = crate::vmm::boot::initrd_layout(&sizes).1;
     let timeout = req.vm_timeout.unwrap_or_else(|| {

@@ -196,10 +196,20 @@ fn load_elf(
     path: &Path,
     file: &mut File,
 ) -> Result<LoadedKernel, VmError> {
-    let end = elf_end(path, file)?;
+    let elf = read_elf(path, file)?;
+    let end = elf.loads.iter().map(|s| s.paddr.saturating_add(s.memsz)).max().unwrap_or(0);
     if end > layout.low_end {
         return Err(too_large("kernel", path, end, layout));
     }
+    if elf.entry < HIMEM_START {
+        return Err(format_error(path, format!("an ELF entry point {:#x} below 1 MiB", elf.entry)));
+    }
+    if map_segments(memory, file, &elf.loads) {
+        let pvh_entry = elf.notes.iter().find_map(|n| pvh_note(file, n));
+        return Ok(LoadedKernel { format: KernelFormat::Elf, entry: elf.entry, end, setup_header: None, pvh_entry });
+    }
+    // Not mappable (segments not page-congruent, sharing pages, or mmap failed): copy.
+    file.rewind().map_err(read_error(path))?;
     let loaded = Elf::load(memory, None, file, Some(GuestAddress(HIMEM_START)))
         .map_err(|source| VmError::KernelLoad { path: path.to_owned(), source })?;
     let pvh_entry = match loaded.pvh_boot_cap {
@@ -215,35 +225,110 @@ fn load_elf(
     })
 }
 
-/// End of the highest PT_LOAD segment (physical), read from the program headers only, so a
-/// kernel that does not fit is refused before anything is copied.
-fn elf_end(path: &Path, file: &mut File) -> Result<u64, VmError> {
+/// A program header's file range and where it goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Segment {
+    offset: u64,
+    paddr: u64,
+    filesz: u64,
+    memsz: u64,
+}
+
+/// What loading an ELF kernel needs from its headers.
+struct ElfHeaders {
+    entry: u64,
+    /// PT_LOAD segments with file contents.
+    loads: Vec<Segment>,
+    notes: Vec<Segment>,
+}
+
+/// The ELF and program headers, read without touching guest memory, so a kernel that does not
+/// fit is refused before anything is copied.
+fn read_elf(path: &Path, file: &mut File) -> Result<ElfHeaders, VmError> {
     let mut ehdr = [0u8; 64];
     file.rewind().map_err(read_error(path))?;
     file.read_exact(&mut ehdr).map_err(read_error(path))?;
     if u16::from_le_bytes([ehdr[18], ehdr[19]]) != 62 {
         return Err(format_error(path, "an ELF file for another machine than x86-64"));
     }
+    let entry = u64::from_le_bytes(ehdr[24..32].try_into().unwrap());
     let phoff = u64::from_le_bytes(ehdr[32..40].try_into().unwrap());
     let phentsize = u64::from(u16::from_le_bytes([ehdr[54], ehdr[55]]));
     let phnum = u64::from(u16::from_le_bytes([ehdr[56], ehdr[57]]));
     if phentsize < 56 || phnum == 0 {
         return Err(format_error(path, "an ELF file without program headers"));
     }
-    let mut end = 0;
+    let (mut loads, mut notes) = (Vec::new(), Vec::new());
     for i in 0..phnum {
         let mut ph = [0u8; 56];
         file.seek(SeekFrom::Start(phoff + i * phentsize)).map_err(read_error(path))?;
         file.read_exact(&mut ph).map_err(read_error(path))?;
-        let p_type = u32::from_le_bytes(ph[0..4].try_into().unwrap());
-        let paddr = u64::from_le_bytes(ph[24..32].try_into().unwrap());
-        let memsz = u64::from_le_bytes(ph[40..48].try_into().unwrap());
-        if p_type == 1 {
-            end = end.max(paddr.saturating_add(memsz));
+        let q = |at: usize| u64::from_le_bytes(ph[at..at + 8].try_into().unwrap());
+        let seg = Segment { offset: q(8), paddr: q(24), filesz: q(32), memsz: q(40) };
+        match u32::from_le_bytes(ph[0..4].try_into().unwrap()) {
+            1 if seg.filesz > 0 => loads.push(seg),
+            4 => notes.push(seg),
+            _ => {}
         }
     }
-    Ok(end)
+    Ok(ElfHeaders { entry, loads, notes })
 }
+
+/// Page range [first, end) a segment's file contents cover in guest memory.
+fn segment_pages(s: &Segment) -> (u64, u64) {
+    (s.paddr & !(PAGE - 1), (s.paddr + s.filesz).div_ceil(PAGE) * PAGE)
+}
+
+/// Maps every segment's file contents copy-on-write at its physical address (see [`map_file`]),
+/// zeroing the parts of the first and last page outside the segment, as a copying loader leaves
+/// them; the rest of `memsz` (.bss) is untouched, still-zero guest RAM. A 25 MiB vmlinux then
+/// costs a few mmap calls instead of a 25 MiB copy and its page faults. False if some segment is
+/// not page-congruent (offset and address equal modulo the page size) or shares a page with
+/// another, or an mmap fails: then the caller copies (over whatever was mapped).
+fn map_segments(memory: &GuestMemoryMmap, file: &File, loads: &[Segment]) -> bool {
+    let mut pages: Vec<(u64, u64)> = loads.iter().map(segment_pages).collect();
+    pages.sort_unstable();
+    let congruent = loads.iter().all(|s| s.offset % PAGE == s.paddr % PAGE);
+    if loads.is_empty() || !congruent || pages.windows(2).any(|w| w[0].1 > w[1].0) {
+        return false;
+    }
+    for s in loads {
+        let (first, end) = segment_pages(s);
+        let head = s.paddr - first;
+        if !map_file(memory, first, file, s.offset - head, end - first) {
+            return false;
+        }
+        let tail = s.paddr + s.filesz;
+        let zeros = [0u8; PAGE as usize];
+        let head_ok = memory.write_slice(&zeros[..head as usize], GuestAddress(first)).is_ok();
+        let tail_ok = memory.write_slice(&zeros[..(end - tail) as usize], GuestAddress(tail)).is_ok();
+        if !head_ok || !tail_ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// The PVH entry (XEN_ELFNOTE_PHYS32_ENTRY, a 32-bit physical address) from a PT_NOTE segment.
+fn pvh_note(file: &File, note: &Segment) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
+    let mut bytes = vec![0u8; usize::try_from(note.filesz).ok()?.min(1 << 16)];
+    file.read_exact_at(&mut bytes, note.offset).ok()?;
+    let word = |at: usize| Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+    let mut at = 0;
+    while at + 12 <= bytes.len() {
+        let (namesz, descsz, kind) = (word(at)? as usize, word(at + 4)? as usize, word(at + 8)?);
+        let name_at = at + 12;
+        let desc_at = name_at + namesz.next_multiple_of(4);
+        if kind == XEN_ELFNOTE_PHYS32_ENTRY && bytes.get(name_at..name_at + namesz)? == b"Xen\0" && descsz >= 4 {
+            return word(desc_at).map(u64::from);
+        }
+        at = desc_at + descsz.next_multiple_of(4);
+    }
+    None
+}
+
 
 /// Alignment of each initrd part after the first: the kernel looks for the next cpio archive's
 /// magic only at 4-byte aligned offsets (and skips the NUL padding before it).
@@ -261,10 +346,12 @@ pub fn initrd_layout(sizes: &[u64]) -> (Vec<u64>, u64) {
     (offsets, end)
 }
 
-/// Copies the initrd parts back to back (see [`initrd_layout`]) as high in low RAM as
-/// `initrd_addr_max` allows, page aligned: one read per file straight into guest memory, so
-/// a cached base archive and a per-run suffix never need concatenating on disk. Padding
-/// between parts is written as NULs.
+/// Places the initrd parts back to back (see [`initrd_layout`]) as high in low RAM as
+/// `initrd_addr_max` allows, page aligned, so a cached base archive and a per-run suffix never
+/// need concatenating on disk. The first part (page aligned in the file and in the guest) is
+/// mapped copy-on-write over guest RAM ([`map_file`]): no copy, no page zeroing, the guest
+/// faults in page-cache pages as the kernel unpacks it. The others are read straight into
+/// guest memory; padding between parts is written as NULs.
 pub fn load_initrd(
     memory: &GuestMemoryMmap,
     layout: &MemoryLayout,
@@ -293,6 +380,10 @@ pub fn load_initrd(
                 .map_err(VmError::guest_write("initrd padding", at))?;
         }
         let at = addr + offset;
+        if offset == 0 && map_file(memory, at, &file, 0, len) {
+            end = len;
+            continue;
+        }
         let read = memory.read_exact_volatile_from(GuestAddress(at), &mut file, len as usize);
         read.map_err(|e| match e {
             vm_memory::GuestMemoryError::IOError(source) => VmError::ReadFile { path: path.to_owned(), source },
@@ -301,6 +392,48 @@ pub fn load_initrd(
         end = offset + len;
     }
     Ok(InitrdPlacement { addr, size })
+}
+
+/// Maps `len` bytes of `file` from the page-aligned `offset` privately (copy-on-write) over
+/// guest RAM at the page aligned `addr`, replacing the anonymous pages there; bytes past the end
+/// of the file in the last page read as zeros. False (nothing changed) if the range is not inside one region or
+/// mmap fails; the caller then copies instead. Meant for files nobody modifies in place (the
+/// content-addressed cached base archives): the guest could see a later in-place write to a
+/// page it has not touched yet.
+pub fn map_file(memory: &GuestMemoryMmap, addr: u64, file: &File, offset: u64, len: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    let mapped = len.div_ceil(PAGE) * PAGE;
+    let Ok(file_offset) = libc::off_t::try_from(offset) else {
+        return false;
+    };
+    if len == 0 || addr % PAGE != 0 || offset % PAGE != 0 {
+        return false;
+    }
+    let Some(region) = memory.find_region(GuestAddress(addr)) else {
+        return false;
+    };
+    if addr + mapped > region.start_addr().0 + region.len() {
+        return false;
+    }
+    let Ok(host) = memory.get_host_address(GuestAddress(addr)) else {
+        return false;
+    };
+    // SAFETY: [host, host + mapped) lies inside the region's own mapping (checked above), which
+    // `memory` keeps mapped until it is dropped (its munmap covers this mapping too); MAP_FIXED
+    // only replaces those pages, which hold nothing yet. Guest memory stays readable and
+    // writable (private: writes never reach the file).
+    let ptr = unsafe {
+        libc::mmap(
+            host.cast(),
+            mapped as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_FIXED,
+            file.as_raw_fd(),
+            file_offset,
+        )
+    };
+    ptr == host.cast()
 }
 
 /// The initrd's address: top of usable low RAM minus its size, page aligned, above the kernel.
@@ -508,6 +641,87 @@ mod tests {
         assert_eq!(place_initrd(&layout, &k, 250 << 20), None);
     }
 
+    /// An x86-64 ELF kernel: two PT_LOADs (the second with .bss) and a PVH note; file bytes
+    /// around the segments are non-zero, so a loader that maps pages must zero them.
+    fn small_elf() -> Vec<u8> {
+        let mut f = vec![0xeeu8; 0x4000];
+        f[..64].fill(0);
+        f[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+        f[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        f[18..20].copy_from_slice(&62u16.to_le_bytes());
+        f[20..24].copy_from_slice(&1u32.to_le_bytes());
+        f[24..32].copy_from_slice(&0x10_0123u64.to_le_bytes());
+        f[32..40].copy_from_slice(&64u64.to_le_bytes());
+        f[52..54].copy_from_slice(&64u16.to_le_bytes());
+        f[54..56].copy_from_slice(&56u16.to_le_bytes());
+        f[56..58].copy_from_slice(&3u16.to_le_bytes());
+        let phdrs: [(u32, u64, u64, u64, u64); 3] = [
+            (1, 0x1000, 0x10_0000, 0x1800, 0x1800),
+            (1, 0x3000, 0x10_3000, 0x100, 0x2000),
+            (4, 0x200, 0, 24, 24),
+        ];
+        for (i, (kind, offset, paddr, filesz, memsz)) in phdrs.into_iter().enumerate() {
+            let ph = &mut f[64 + i * 56..64 + (i + 1) * 56];
+            ph.fill(0);
+            ph[0..4].copy_from_slice(&kind.to_le_bytes());
+            ph[8..16].copy_from_slice(&offset.to_le_bytes());
+            ph[24..32].copy_from_slice(&paddr.to_le_bytes());
+            ph[32..40].copy_from_slice(&filesz.to_le_bytes());
+            ph[40..48].copy_from_slice(&memsz.to_le_bytes());
+        }
+        let note = [4u32.to_le_bytes(), 4u32.to_le_bytes(), 18u32.to_le_bytes(), *b"Xen\0", 0x10_0400u32.to_le_bytes()];
+        f[0x200..0x200 + 20].copy_from_slice(&note.concat());
+        for (i, b) in f[0x1000..0x2800].iter_mut().enumerate() {
+            *b = (i % 253) as u8;
+        }
+        f[0x3000..0x3100].fill(0x5a);
+        f
+    }
+
+    #[test]
+    fn a_mapped_vmlinux_equals_a_copied_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmlinux");
+        std::fs::write(&path, small_elf()).unwrap();
+        let layout = MemoryLayout::new(16).unwrap();
+        let mapped = GuestMemoryMmap::<()>::from_ranges(&layout.ram_ranges()).unwrap();
+        let k = load_kernel(&mapped, &layout, &path).unwrap();
+        assert_eq!((k.format, k.entry, k.end, k.pvh_entry), (KernelFormat::Elf, 0x10_0123, 0x10_5000, Some(0x10_0400)));
+        let elf = read_elf(&path, &mut File::open(&path).unwrap()).unwrap();
+        assert_eq!(elf.loads.len(), 2);
+        // The reference: linux-loader's copying loader.
+        let copied = GuestMemoryMmap::<()>::from_ranges(&layout.ram_ranges()).unwrap();
+        let reference = Elf::load(&copied, None, &mut File::open(&path).unwrap(), Some(GuestAddress(HIMEM_START))).unwrap();
+        assert_eq!(reference.kernel_load.0, k.entry);
+        assert_eq!(reference.pvh_boot_cap, PvhBootCapability::PvhEntryPresent(GuestAddress(0x10_0400)));
+        let (mut a, mut b) = (vec![0u8; 0x8000], vec![0u8; 0x8000]);
+        mapped.read_slice(&mut a, GuestAddress(0xf_f000)).unwrap();
+        copied.read_slice(&mut b, GuestAddress(0xf_f000)).unwrap();
+        assert!(a == b, "first difference at {:#x}", 0xf_f000 + a.iter().zip(&b).position(|(x, y)| x != y).unwrap());
+        assert_eq!(a[0x1000 + 0x17ff], (0x17ff % 253) as u8);
+        // Copy-on-write: the guest's writes never reach the file.
+        mapped.write_slice(&[1, 2, 3], GuestAddress(0x10_0000)).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), small_elf());
+        // Segments that are not page-congruent are copied instead, with the same result.
+        let mut odd = small_elf();
+        odd[64 + 56 + 8..64 + 56 + 16].copy_from_slice(&0x3008u64.to_le_bytes());
+        let odd_path = dir.path().join("odd");
+        std::fs::write(&odd_path, &odd).unwrap();
+        let fallback = GuestMemoryMmap::<()>::from_ranges(&layout.ram_ranges()).unwrap();
+        let elf = read_elf(&odd_path, &mut File::open(&odd_path).unwrap()).unwrap();
+        assert!(!map_segments(&fallback, &File::open(&odd_path).unwrap(), &elf.loads));
+        assert_eq!(load_kernel(&fallback, &layout, &odd_path).unwrap().entry, 0x10_0123);
+        let mut seg = [0u8; 4];
+        fallback.read_slice(&mut seg, GuestAddress(0x10_3000)).unwrap();
+        assert_eq!(seg, [0x5a, 0x5a, 0x5a, 0x5a], "copied from offset 0x3008");
+    }
+
+    fn big_src(dir: &tempfile::TempDir) -> std::path::PathBuf {
+        let p = dir.path().join("two-pages");
+        std::fs::write(&p, vec![1u8; 2 * PAGE as usize]).unwrap();
+        p
+    }
+
     #[test]
     fn initrd_parts_land_back_to_back_and_aligned() {
         assert_eq!(initrd_layout(&[]), (vec![], 0));
@@ -527,6 +741,21 @@ mod tests {
         let mut got = [0u8; 12];
         mem.read_slice(&mut got, GuestAddress(placed.addr)).unwrap();
         assert_eq!(&got, b"BASE!\0\0\0PLAN");
+        assert!(map_file(&mem, top - PAGE, &File::open(&a).unwrap(), 0, 5), "the mmap path is taken");
+        assert!(!map_file(&mem, top - PAGE + 4, &File::open(&a).unwrap(), 0, 5), "unaligned");
+        assert!(!map_file(&mem, top - PAGE, &File::open(&a).unwrap(), 4, 5), "unaligned in the file");
+        assert!(!map_file(&mem, layout.low_end - PAGE, &File::open(&big_src(&dir)).unwrap(), 0, 2 * PAGE), "past RAM");
+        // The base is mapped copy-on-write: guest writes stay in the guest.
+        mem.write_slice(b"GUEST", GuestAddress(placed.addr)).unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), b"BASE!");
+        let big = dir.path().join("big.cpio");
+        let pattern: Vec<u8> = (0..3 * PAGE as usize + 5).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&big, &pattern).unwrap();
+        let placed = load_initrd(&mem, &layout, &bz_kernel(), &[&big, &b]).unwrap();
+        let mut back = vec![0u8; pattern.len() + 3 + 4];
+        mem.read_slice(&mut back, GuestAddress(placed.addr)).unwrap();
+        assert_eq!(&back[..pattern.len()], &pattern[..]);
+        assert_eq!(&back[pattern.len()..], b"\0\0\0PLAN");
         let err = load_initrd(&mem, &layout, &bz_kernel(), &[&a, &dir.path().join("gone")]).unwrap_err();
         assert!(matches!(err, VmError::ReadFile { .. }) && err.to_string().contains("gone"), "{err}");
     }

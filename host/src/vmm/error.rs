@@ -100,8 +100,8 @@ pub enum VmError {
         source: std::io::Error,
     },
 
-    #[error("the thread creating the VM panicked; this is a bug in the VMM, please report it")]
-    VmThreadPanicked,
+    #[error("the thread loading the guest panicked; this is a bug in the VMM, please report it")]
+    LoaderPanicked,
 }
 
 impl VmError {

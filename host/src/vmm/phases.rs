@@ -2,7 +2,7 @@
 //! is what a user waits through, so that is the origin, not the moment the VM was asked for),
 //! and the time spent in host-kernel calls whose cost is a property of the host's KVM.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Set by a launcher (e.g. `bench/vmm_setup.sh`: `KTSTR_EXEC_EPOCH=$EPOCHREALTIME`) to the
@@ -49,6 +49,20 @@ fn age() -> Option<Duration> {
     boot_now.checked_sub(started)
 }
 
+/// Instants marked before the VM is built (by the runner: `run_start`, `initramfs_ready`);
+/// every [`Timeline`] made afterwards starts with them, so one report covers the whole path
+/// from process start.
+static EARLY: Mutex<Vec<(&'static str, Instant)>> = Mutex::new(Vec::new());
+
+/// Marks `name` now, for the next VM's timeline (see [`EARLY`]). Bounded: later marks beyond
+/// a few dozen are dropped.
+pub fn mark_early(name: &'static str) {
+    let mut early = EARLY.lock().unwrap_or_else(|e| e.into_inner());
+    if early.len() < 32 {
+        early.push((name, Instant::now()));
+    }
+}
+
 /// Named instants, reported as offsets from `process_start()`, and named host-kernel calls
 /// with how long each took.
 #[derive(Debug)]
@@ -61,11 +75,19 @@ pub struct Timeline {
 
 impl Default for Timeline {
     fn default() -> Self {
-        Self { origin: process_start(), phases: Vec::new(), host_calls: Vec::new(), host_wait: Duration::ZERO }
+        let origin = process_start();
+        let early = EARLY.lock().unwrap_or_else(|e| e.into_inner());
+        let phases = early.iter().map(|(n, at)| (*n, at.saturating_duration_since(origin))).collect();
+        Self { origin, phases, host_calls: Vec::new(), host_wait: Duration::ZERO }
     }
 }
 
 impl Timeline {
+    /// A timeline without the early marks: for a helper thread whose marks are adopted.
+    pub fn detached() -> Self {
+        Self { origin: process_start(), phases: Vec::new(), host_calls: Vec::new(), host_wait: Duration::ZERO }
+    }
+
     /// Runs `f`, a call into the host kernel (e.g. KVM_CREATE_IRQCHIP), and records its duration
     /// under `name`.
     pub fn host_call<T>(&mut self, name: &'static str, f: impl FnOnce() -> T) -> T {
@@ -80,14 +102,18 @@ impl Timeline {
         &self.host_calls
     }
 
-    /// Takes over the host calls another thread timed, and how long this one then `waited`
-    /// for them.
-    pub fn adopt_host_calls(&mut self, other: &Timeline, waited: Duration) {
-        self.host_calls.extend_from_slice(&other.host_calls);
-        self.host_wait += waited;
+    /// Takes over the phases another thread marked.
+    pub fn adopt_phases(&mut self, other: Timeline) {
+        self.phases.extend(other.phases);
+        self.host_calls.extend(other.host_calls);
     }
 
-    /// Time spent waiting for host-kernel calls made on another thread.
+    /// The host kernel's share of the critical path (see `VmOutcome::host_wait`).
+    pub fn set_host_wait(&mut self, wait: Duration) {
+        self.host_wait = wait;
+    }
+
+    /// The host kernel's share of the critical path.
     pub fn host_wait(&self) -> Duration {
         self.host_wait
     }
@@ -125,6 +151,14 @@ mod tests {
     }
 
     #[test]
+    fn early_marks_start_every_later_timeline() {
+        mark_early("early_test_mark");
+        let t = Timeline::default();
+        assert!(t.into_sorted().iter().any(|(n, _)| *n == "early_test_mark"));
+        assert!(Timeline::detached().into_sorted().is_empty());
+    }
+
+    #[test]
     fn exec_epoch_is_used_only_when_recent() {
         let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         assert_eq!(age_of_epoch("1799999999.75", now), Some(Duration::from_millis(250)));
@@ -136,7 +170,7 @@ mod tests {
 
     #[test]
     fn host_calls_are_timed_in_order() {
-        let mut t = Timeline::default();
+        let mut t = Timeline::detached();
         assert_eq!(t.host_call("a", || 7), 7);
         t.host_call("b", || ());
         let calls = t.host_calls();
@@ -145,7 +179,7 @@ mod tests {
 
     #[test]
     fn phases_are_sorted_and_relative() {
-        let mut t = Timeline::default();
+        let mut t = Timeline::detached();
         let early = Instant::now();
         t.mark("later");
         t.mark_at("earlier", early);

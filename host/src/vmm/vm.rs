@@ -144,11 +144,11 @@ pub struct VmOutcome {
     pub phases: Vec<(&'static str, Duration)>,
     /// Host-kernel calls whose cost is the host's, not the VMM's (KVM_CREATE_VM,
     /// KVM_CREATE_IRQCHIP: ~120 ms on PVM, microseconds on hardware KVM), with their durations;
-    /// they run on a thread of their own, overlapping the loading of the payload, between
-    /// `memory_mapped` and `vm_joined`.
+    /// they overlap the loading of the payload (on another thread), between `memory_mapped`
+    /// and `vm_joined`.
     pub host_calls: Vec<(&'static str, Duration)>,
-    /// How long the VMM waited for those calls after it had filled guest memory: the host
-    /// kernel's share of the time to the first KVM_RUN (zero when they finished first).
+    /// How long those calls went on after guest memory was filled: the host kernel's share of
+    /// the time to the first KVM_RUN (zero when they finished first).
     pub host_wait: Duration,
     /// Values the guest wrote to `ports::MILESTONE_PORT`, with their offsets from process start.
     pub milestones: Vec<(u32, Duration)>,
@@ -396,28 +396,30 @@ impl Vm {
         let memory = memory::allocate(&layout)?;
         timeline.mark("memory_mapped");
 
-        // The VM thread creates the VM and registers guest memory while this one fills it: the
-        // host kernel's part (slow on some hosts: KVM_CREATE_IRQCHIP takes ~120 ms on a loaded
-        // PVM host) overlaps the copying of kernel and initrd.
-        let (built, loaded, waited) = std::thread::scope(|scope| {
-            let vm_thread = std::thread::Builder::new().name("ktstr-vm-create".into()).spawn_scoped(scope, || {
-                let mut t = Timeline::default();
-                build_vm(&kvm, &memory, &mut t).map(|built| (built, t))
-            });
-            let loaded = fill_memory(&memory, &layout, &config, &mut timeline);
-            let wait = Instant::now();
-            let built = match vm_thread {
-                Ok(handle) => handle.join().unwrap_or_else(|_| Err(VmError::VmThreadPanicked)),
-                Err(_) => {
-                    // No thread to spare: do it here, in sequence.
-                    let mut t = Timeline::default();
-                    build_vm(&kvm, &memory, &mut t).map(|built| (built, t))
-                }
+        // A loader thread fills guest memory (boot tables, kernel, initrd, ACPI) while this one
+        // creates the VM and registers the memory: the host kernel's part overlaps the copying.
+        // It is this thread that makes the KVM calls because the slowest of them sleeps (a
+        // memslot update waits for an SRCU grace period, 4-8 ms on PVM; KVM_CREATE_IRQCHIP
+        // took ~120 ms on a loaded PVM host), handing its CPU to the loader on a busy host.
+        let (built, loaded, fill_done) = std::thread::scope(|scope| {
+            let fill = || {
+                let mut t = Timeline::detached();
+                let loaded = fill_memory(&memory, &layout, &config, &mut t);
+                (loaded, t, Instant::now())
             };
-            (built, loaded, wait.elapsed())
+            let loader = std::thread::Builder::new().name("ktstr-vm-load".into()).spawn_scoped(scope, fill);
+            let built = build_vm(&kvm, &memory, &mut timeline);
+            let (loaded, fill_timeline, done) = match loader {
+                Ok(handle) => handle.join().unwrap_or_else(|_| (Err(VmError::LoaderPanicked), Timeline::detached(), Instant::now())),
+                Err(_) => fill(), // no thread to spare: in sequence
+            };
+            timeline.adopt_phases(fill_timeline);
+            (built, loaded, done)
         });
-        let ((built, vm_timeline), (entry, kernel)) = (built?, loaded?);
-        timeline.adopt_host_calls(&vm_timeline, waited);
+        let (built, (entry, kernel)) = (built?, loaded?);
+        // The host kernel's share of the time to the first KVM_RUN: how long the calls went on
+        // after guest memory was filled.
+        timeline.set_host_wait(built.registered.saturating_duration_since(fill_done));
         timeline.mark_at("vm_created", built.created);
         timeline.mark_at("memory_ready", built.registered);
         timeline.mark("vm_joined");
