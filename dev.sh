@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 # Debian packages: kernel build deps, the distro kernel source (the offline default),
 # QEMU (the backend that runs everywhere), clang/llvm 19 (BPF schedulers).
 PACKAGES=(
-  build-essential bc flex bison libelf-dev libssl-dev dwarves perl
+  build-essential bc flex bison libelf-dev zlib1g-dev libssl-dev dwarves perl
   cpio xz-utils lz4 zstd git ca-certificates busybox-static
   linux-source-6.12 qemu-system-x86 clang-19 llvm-19
 )
@@ -70,6 +70,8 @@ case "${1:-}" in
     build_host
     step "test kernels from the distro source (cached after the first build)"
     host kernel build
+    step "in-tree sched_ext schedulers for the test kernel (cached after the first build)"
+    host sched build
     step "outer kernel of the KVM-in-QEMU tier (kvm-host flavour)"
     host kernel build --flavour kvm-host
     step "cargo test (unit and integration tests)"

@@ -123,6 +123,13 @@ pub struct ExecArgs {
     /// Set an environment variable for the command: KEY=VALUE
     #[arg(short, long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+    /// Run the command under a sched_ext scheduler: an in-tree name or a path, arguments in
+    /// the same word ('scx_qmap -s 5000'). Exit 1 if it does not attach or fails meanwhile
+    #[arg(long, value_name = "NAME|PATH")]
+    pub scheduler: Option<String>,
+    /// Seconds the scheduler gets to attach
+    #[arg(long, default_value_t = 20, value_name = "SECS", value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub attach_timeout: u32,
     /// Command and arguments to run in the guest
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -355,10 +362,17 @@ fn exec(args: ExecArgs) -> Result<i32> {
         })
         .collect::<Result<Vec<_>>>()?;
     let (cache, k, backend) = prepare(&args.vm)?;
+    let sched = match &args.scheduler {
+        Some(spec) => crate::sched::resolve(spec, &[], &cache, &k)?,
+        None => crate::sched::SchedulerUnderTest::eevdf(),
+    };
+    let attach = std::time::Duration::from_secs(args.attach_timeout.into());
+    files.extend(sched.guest_file());
     let mut argv = args.command.clone();
     argv[0] = program.display().to_string();
-    let mut plan = RunPlan::new(args.timeout.saturating_mul(1000));
+    let mut plan = RunPlan::new(args.timeout.saturating_mul(1000).saturating_add(sched.extra_deadline_ms(attach)));
     plan.console_quiet = !args.vm.console;
+    plan.scheduler = sched.plan(attach);
     let mut exec = ExecPlan::new(argv);
     exec.env = with_userland_path(env);
     plan.exec = Some(exec);

@@ -73,6 +73,7 @@ pub fn exec_status(out: &RunOutput) -> (i32, Option<String>) {
             Some(format!("the command could not start in the guest: {}", reason.as_str()))
         }
         Outcome::Signaled { signal } => Some(format!("the command was killed by signal {signal}")),
+        Outcome::SchedulerFailed { reason } => Some(format!("scheduler failed: {}", reason.as_str())),
         _ => None,
     };
     let truncated = r.stdout.truncated + r.stderr.truncated;

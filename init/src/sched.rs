@@ -23,6 +23,10 @@ use crate::sys;
 const STATE: &str = "/sys/kernel/sched_ext/state";
 const ENABLE_SEQ: &str = "/sys/kernel/sched_ext/enable_seq";
 const OPS: &str = "/sys/kernel/sched_ext/root/ops";
+/// Event counters of the attached scheduler (kernels >= 6.16; absent on older ones).
+const EVENTS: &str = "/sys/kernel/sched_ext/root/events";
+/// Global counters every sched_ext kernel has.
+const COUNTERS: [&str; 2] = ["/sys/kernel/sched_ext/nr_rejected", "/sys/kernel/sched_ext/hotplug_seq"];
 const DUMP_EVENT: &str = "/sys/kernel/tracing/events/sched_ext/sched_ext_dump/enable";
 const TRACE: &str = "/sys/kernel/tracing/trace";
 /// How often attach and detach are polled: sysfs reads are cheap.
@@ -214,6 +218,7 @@ impl Scheduler {
             std::thread::sleep(POLL);
         }
         self.kill();
+        event(sink, SchedEventKind::Other, &counters());
         let kernel = self.kernel_lines();
         let (kind, why) = explain(&self.name, &failure, &kernel, self.attached, self.attach_timeout);
         event(sink, kind, &why);
@@ -231,6 +236,8 @@ impl Scheduler {
     /// `disabled` (SIGKILL at the stop timeout). `Err` with the reason if the kernel did not
     /// go back to EEVDF.
     pub fn stop(mut self, sink: &Sink) -> Result<(), String> {
+        // root/ goes away on detach: read the counters while attached.
+        event(sink, SchedEventKind::Other, &counters());
         let t0 = Instant::now();
         sys::signal(self.pid, libc::SIGINT);
         let back = loop {
@@ -328,6 +335,23 @@ fn spawn_reader(rx: OwnedFd, output: Arc<Mutex<Tail>>) -> Option<JoinHandle<()>>
         }
     });
     spawned.ok()
+}
+
+/// `sched_ext counters: nr_rejected=N hotplug_seq=N [EVENT=N ...]` from what this kernel has.
+fn counters() -> String {
+    let mut out = String::from("sched_ext counters:");
+    for path in COUNTERS {
+        if let (Some(name), Some(v)) = (path.rsplit('/').next(), read_trimmed(path)) {
+            out.push_str(&format!(" {name}={v}"));
+        }
+    }
+    // `SCX_EV_NAME value` per line.
+    for line in read_trimmed(EVENTS).unwrap_or_default().lines() {
+        if let Some((name, v)) = line.split_once(char::is_whitespace) {
+            out.push_str(&format!(" {}={}", name.trim_start_matches("SCX_EV_"), v.trim()));
+        }
+    }
+    out
 }
 
 /// /dev/kmsg positioned at its end: only records logged from now on are read.

@@ -82,7 +82,7 @@ fn check_deps() -> Result<()> {
 
 /// The cache entry of a kernel, or why in-tree schedulers cannot be built for it.
 fn kernel_entry(cache: &Cache, kernel: &Kernel) -> Result<Entry> {
-    let Some(key) = &kernel.key else {
+    let Some(key) = &entry_key(cache, kernel) else {
         bail!(
             "kernel {} is not a cache entry: in-tree schedulers are built against a cached kernel's BTF; \
              use a cached kernel (ktstr-host kernel list) or give --scheduler PATH",
@@ -94,6 +94,18 @@ fn kernel_entry(cache: &Cache, kernel: &Kernel) -> Result<Entry> {
         bail!("kernel cache entry {key} is corrupt; rebuild it (ktstr-host kernel build --force)");
     }
     Ok(entry)
+}
+
+/// The cache key of a kernel: its own, or the entry its image file lives in (`--kernel
+/// ~/.cache/ktstr/kernels/<key>/bzImage`).
+fn entry_key(cache: &Cache, kernel: &Kernel) -> Option<String> {
+    if let Some(key) = &kernel.key {
+        return Some(key.clone());
+    }
+    let dir = kernel.image.parent()?;
+    let (root, name) = (std::fs::canonicalize(dir.parent()?).ok()?, dir.file_name()?.to_str()?);
+    let in_cache = std::fs::canonicalize(&cache.root).is_ok_and(|r| r == root);
+    (in_cache && cache.get(name).is_some_and(|e| e.metadata().is_some())).then(|| name.to_string())
 }
 
 /// The kernel's source tree (extracted again from its tarball when the work dir was cleaned).
@@ -168,8 +180,8 @@ pub fn list(cache: &Cache) -> Vec<Built> {
 
 /// The newest entry built for `kernel`, if any (no build).
 pub fn find(cache: &Cache, kernel: &Kernel) -> Option<Built> {
-    let key = kernel.key.as_ref()?;
-    list(cache).into_iter().find(|b| &b.meta.kernel_key == key)
+    let key = entry_key(cache, kernel)?;
+    list(cache).into_iter().find(|b| b.meta.kernel_key == key)
 }
 
 /// Builds (or finds cached) the in-tree schedulers for `kernel`.

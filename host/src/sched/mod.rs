@@ -197,4 +197,26 @@ mod tests {
         let e = format!("{:#}", resolve_here("qmap", &[]).unwrap_err());
         assert!(e.contains("not a cache entry") && e.contains("--scheduler PATH"), "{e}");
     }
+
+    /// A real program linked against a real library that is then deleted: refused on the
+    /// host, naming the library, before any VM boots.
+    #[test]
+    fn a_missing_shared_library_is_named_before_boot() {
+        let d = tempfile::tempdir().unwrap();
+        let p = |n: &str| d.path().join(n).to_str().unwrap().to_string();
+        std::fs::write(p("lib.c"), "int ktstr_answer(void) { return 42; }\n").unwrap();
+        std::fs::write(p("main.c"), "int ktstr_answer(void);\nint main(void) { return ktstr_answer(); }\n").unwrap();
+        let gcc = |args: &[&str]| std::process::Command::new("gcc").args(args).status();
+        if !gcc(&["-shared", "-fPIC", "-o", &p("libktstrgone.so"), &p("lib.c")]).is_ok_and(|s| s.success()) {
+            eprintln!("skipped: gcc cannot build a shared library here");
+            return;
+        }
+        let rpath = format!("-Wl,-rpath,{}", d.path().display());
+        let linked = gcc(&["-o", &p("scx_gone"), &p("main.c"), "-L", &p(""), "-lktstrgone", &rpath]);
+        assert!(linked.unwrap().success());
+        assert!(resolve_here(&p("scx_gone"), &[]).is_ok(), "links while the library exists");
+        std::fs::remove_file(p("libktstrgone.so")).unwrap();
+        let e = format!("{:#}", resolve_here(&p("scx_gone"), &[]).unwrap_err());
+        assert!(e.contains("libktstrgone.so") && e.contains("not found") && e.contains("scx_gone"), "{e}");
+    }
 }

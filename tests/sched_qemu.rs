@@ -1,0 +1,268 @@
+//! sched_ext schedulers end to end through QEMU (TCG here) with the real minimal kernel: the
+//! in-tree schedulers built from the kernel's own tools/sched_ext against its BTF, started by
+//! the init, seen attached, watched through each scenario, stopped with the kernel back on
+//! EEVDF; and the failures the issue names, each explained with the kernel's own words.
+//!
+//! VM tests share a lock (2 host cores: parallel VMs would skew the CPU shares they measure).
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::{Mutex, MutexGuard};
+
+const TOPOLOGY: &str = "1n2l2c1t";
+
+fn vm_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `ktstr-host run` on the default kernel and TOPOLOGY with `args`, JSON on stdout.
+fn run_vm(args: &[&str], out: &Path) -> Option<Output> {
+    let k = default_kernel()?;
+    let mut c = host();
+    c.args(["run", "--backend", "qemu", "--kernel", k["image"].as_str().unwrap(), "--topology", TOPOLOGY]);
+    c.arg("--out-dir").arg(out).arg("--json").args(args);
+    let _guard = vm_lock();
+    Some(run(&mut c))
+}
+
+fn out_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("sched_qemu-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn rows(out: &Output) -> Vec<Value> {
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON rows on stdout");
+    v.as_array().expect("an array of rows").clone()
+}
+
+fn check<'a>(row: &'a Value, name: &str) -> &'a Value {
+    row["verdict"]["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).expect("check present")
+}
+
+fn detail<'a>(row: &'a Value, name: &str) -> &'a str {
+    check(row, name)["detail"].as_str().unwrap()
+}
+
+fn failures(row: &Value) -> String {
+    let checks = row["verdict"]["checks"].as_array().unwrap();
+    let failed: Vec<String> =
+        checks.iter().filter(|c| c["passed"] == false).map(|c| format!("{}: {}", c["name"], c["detail"])).collect();
+    format!("{} under {} ({}):\n  {}", row["scenario"], row["scheduler"], row["record"], failed.join("\n  "))
+}
+
+fn catalog_names() -> Vec<String> {
+    let listed = json(&run(host().args(["list", "--json"])));
+    listed.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect()
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string()
+}
+
+/// Every row passed, the scheduler attached as `ops` and was stopped with EEVDF back.
+fn assert_all_passed_attached(rows: &[Value], scheduler: &str, ops: &str) {
+    let mine: Vec<&Value> = rows.iter().filter(|r| r["scheduler"] == scheduler).collect();
+    assert!(!mine.is_empty(), "no rows for {scheduler}");
+    let failed: Vec<String> = mine.iter().filter(|r| r["passed"] == false).map(|r| failures(r)).collect();
+    assert!(failed.is_empty(), "host load {}:\n{}", loadavg(), failed.join("\n"));
+    for row in mine {
+        let d = detail(row, "scheduler");
+        assert_eq!(check(row, "scheduler")["skipped"], false, "{d}");
+        assert!(d.contains(&format!("attached as {ops} ")) && d.contains("back on EEVDF"), "{}: {d}", row["scenario"]);
+        for name in ["run_completed", "not_starved", "max_gap", "telemetry"] {
+            assert_eq!(check(row, name)["skipped"], false, "{} {name}", row["scenario"]);
+        }
+    }
+}
+
+#[test]
+fn whole_catalog_passes_under_scx_simple_and_scx_qmap() {
+    let dir = out_dir("catalog");
+    let t = std::time::Instant::now();
+    let Some(out) = run_vm(&["--scenario", "all", "--scheduler", "scx_simple", "--scheduler", "scx_qmap"], &dir) else {
+        return;
+    };
+    let rows = rows(&out);
+    eprintln!("TIMING catalog x 2 schedulers: {} runs in {:.0} s", rows.len(), t.elapsed().as_secs_f64());
+    let names = catalog_names();
+    for sched in ["scx_simple", "scx_qmap"] {
+        let ran: Vec<&str> =
+            rows.iter().filter(|r| r["scheduler"] == sched).map(|r| r["scenario"].as_str().unwrap()).collect();
+        assert_eq!(ran, names, "every catalog scenario ran under {sched}, in order");
+    }
+    assert_all_passed_attached(&rows, "scx_simple", "simple");
+    assert_all_passed_attached(&rows, "scx_qmap", "qmap");
+    assert_eq!(out.status.code(), Some(0));
+    // Neither implements cgroup cpu.weight; the kernel says so and the ratio is not judged.
+    for row in rows.iter().filter(|r| r["scenario"] == "cgroup_weights_2to1") {
+        let c = check(row, "cpu_ratio");
+        assert_eq!(c["skipped"], true, "{c}");
+        assert!(c["detail"].as_str().unwrap().contains("does not implement cgroup cpu.weight"), "{c}");
+    }
+}
+
+#[test]
+fn basic_and_cgroup_scenarios_pass_under_scx_flatcg_with_weights_honoured() {
+    let dir = out_dir("flatcg");
+    let args = ["--scenario", "basic", "--scenario", "cgroup", "--scheduler", "scx_flatcg"];
+    let Some(out) = run_vm(&args, &dir) else { return };
+    let rows = rows(&out);
+    assert_eq!(rows.len(), 7, "2 basic + 5 cgroup scenarios");
+    assert_all_passed_attached(&rows, "scx_flatcg", "flatcg");
+    // flatcg implements cpu.weight: the 2:1 split is judged, and holds.
+    let row = rows.iter().find(|r| r["scenario"] == "cgroup_weights_2to1").unwrap();
+    assert_eq!(check(row, "cpu_ratio")["skipped"], false);
+    let ratio = row["verdict"]["numbers"]["cpu_ratio"].as_f64().unwrap();
+    assert!((1.5..=2.5).contains(&ratio), "hi:lo {ratio} under scx_flatcg");
+}
+
+/// scx_central's ops.init insists on running on the central CPU, but this 6.12.117 tree runs
+/// ops.init on the sched_ext enable helper kthread, wherever that is (an upstream change the
+/// in-tree scheduler was not adapted to). So each run either passes or fails with exactly that
+/// kernel error quoted; nothing else may go wrong.
+#[test]
+fn scx_central_passes_or_fails_with_the_kernels_init_cpu_error() {
+    let dir = out_dir("central");
+    let args = ["--scenario", "basic", "--scenario", "cgroup", "--scheduler", "scx_central"];
+    let Some(out) = run_vm(&args, &dir) else { return };
+    let rows = rows(&out);
+    assert_eq!(rows.len(), 7);
+    let mut attached = 0;
+    for row in &rows {
+        let d = detail(row, "scheduler");
+        if row["passed"] == true {
+            attached += 1;
+            assert!(d.contains("attached as central ") && d.contains("back on EEVDF"), "{d}");
+        } else {
+            assert!(
+                d.contains("disabled (scx_bpf_error)") && d.contains("init from non-central CPU"),
+                "{}",
+                failures(row)
+            );
+        }
+    }
+    eprintln!("scx_central attached in {attached} of {} runs", rows.len());
+}
+
+#[test]
+fn qmap_error_injection_fails_the_run_with_the_kernels_reason() {
+    let dir = out_dir("qmap-e");
+    let Some(out) = run_vm(&["--scenario", "basic_spin", "--scheduler", "scx_qmap", "--", "-e", "50"], &dir) else {
+        return;
+    };
+    assert_eq!(out.status.code(), Some(1));
+    let row = &rows(&out)[0];
+    assert_eq!(row["scheduler"], "scx_qmap -e 50");
+    assert_eq!(row["passed"], false);
+    let d = detail(row, "scheduler");
+    assert!(d.contains("was disabled by the kernel (error)"), "{d}");
+    assert!(d.contains("kernel: BPF scheduler \"qmap\" disabled (scx_bpf_error): qmap: test triggering error"), "{d}");
+    assert!(d.contains("scheduler output, last") && d.contains("EXIT: scx_bpf_error (test triggering error)"), "{d}");
+    assert!(detail(row, "run_completed").contains("the run was cut short"));
+    // The kernel's debug dump (sched_ext_dump tracepoint) is in the record.
+    let rec: Value = serde_json::from_slice(&std::fs::read(row["record"].as_str().unwrap()).unwrap()).unwrap();
+    let dump: Vec<&str> = rec["sched_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "Dump")
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    assert!(dump.iter().any(|l| l.contains("triggered exit kind 1025")), "{dump:?}");
+}
+
+#[test]
+fn qmap_stall_is_caught_by_the_sched_ext_watchdog() {
+    let dir = out_dir("qmap-t");
+    // qmap's watchdog timeout is 5 s: the scenario runs longer than that.
+    let args = ["--scenario", "basic_spin", "--duration-scale", "4", "--scheduler", "scx_qmap -t 20"];
+    let Some(out) = run_vm(&args, &dir) else { return };
+    assert_eq!(out.status.code(), Some(1));
+    let row = &rows(&out)[0];
+    let d = detail(row, "scheduler");
+    assert!(d.contains("was disabled by the sched_ext watchdog (stall)"), "{d}");
+    assert!(d.contains("disabled (runnable task stall)") && d.contains("failed to run for"), "{d}");
+}
+
+fn summary(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).expect("a JSON summary")
+}
+
+#[test]
+fn binaries_that_never_attach_fail_with_clear_messages() {
+    let dir = out_dir("no-attach");
+    // A real ELF that is not a scheduler.
+    let Some(out) = run_vm(&["--scheduler", "/bin/true"], &dir) else { return };
+    assert_eq!(out.status.code(), Some(1));
+    let s = summary(&out);
+    let problem = s["problem"].as_str().unwrap();
+    assert!(
+        problem.contains("did not attach: true exited before enabling sched_ext (exit status 0); is it a sched_ext"),
+        "{problem}"
+    );
+    // A scheduler that exits at start (a bad option): its own output says why.
+    let out = run_vm(&["--scheduler", "scx_qmap -Z"], &dir).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let s = summary(&out);
+    assert!(s["problem"].as_str().unwrap().contains("scx_qmap exited before enabling sched_ext (exit status 1)"));
+    let events: Vec<&str> = s["scheduler_events"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+    assert!(events.iter().any(|e| e.contains("Output: Usage:")), "{events:?}");
+    // One that runs but never attaches: the attach timeout.
+    let out = run_vm(&["--scheduler", "/bin/sleep 60", "--attach-timeout", "2"], &dir).unwrap();
+    let problem = summary(&out)["problem"].as_str().unwrap().to_string();
+    assert!(problem.contains("did not attach: sleep ran 2 s without enabling sched_ext"), "{problem}");
+}
+
+#[test]
+fn the_default_run_under_a_scheduler_attaches_and_detaches() {
+    let dir = out_dir("default");
+    let Some(out) = run_vm(&["--scheduler", "scx_simple"], &dir) else { return };
+    assert_eq!(out.status.code(), Some(0));
+    let s = summary(&out);
+    assert_eq!(s["scheduler"], "scx_simple");
+    let events = s["scheduler_events"].as_array().unwrap();
+    let has = |what: &str| events.iter().any(|e| e.as_str().unwrap().contains(what));
+    assert!(has("Started: /ktstr/sched/scx_simple") && has("Attached: simple"), "{events:?}");
+    assert!(has("Stopped: stopped in") && has("back on EEVDF"), "{events:?}");
+    assert!(has("KernelLog: sched_ext: BPF scheduler \"simple\" enabled"), "{events:?}");
+    assert!(has("sched_ext counters: nr_rejected=0"), "{events:?}");
+}
+
+#[test]
+fn files_that_are_not_schedulers_are_refused_before_boot() {
+    let d = tempfile::tempdir().unwrap();
+    let notes = d.path().join("notes.txt");
+    std::fs::write(&notes, "not a program").unwrap();
+    let out = run(host().args(["run", "--scheduler", notes.to_str().unwrap()]));
+    assert_ne!(out.status.code(), Some(0));
+    let err = text(&out.stderr);
+    assert!(err.contains("notes.txt is not an ELF file; give a sched_ext scheduler binary"), "{err}");
+    assert!(out.stdout.is_empty(), "no VM ran");
+    let out = run(host().args(["run", "--scheduler", "scx_nosuch"]));
+    assert!(text(&out.stderr).contains("not an in-tree scheduler (scx_simple, scx_qmap, scx_central, scx_flatcg)"));
+}
+
+#[test]
+fn in_tree_schedulers_are_built_once_per_kernel_and_listed() {
+    let Some(k) = default_kernel() else { return };
+    let key = k["key"].as_str().unwrap();
+    assert!(run(host().args(["sched", "build", "--kernel", key])).status.success());
+    let built = run(host().args(["sched", "build", "--kernel", key]));
+    assert!(built.status.success());
+    assert!(text(&built.stderr).contains("cached:"), "a second build is a cache hit");
+    for name in ["scx_simple", "scx_qmap", "scx_central", "scx_flatcg"] {
+        let line = text(&built.stdout).lines().find(|l| l.starts_with(name)).map(str::to_string).unwrap();
+        let path = PathBuf::from(line.split_whitespace().nth(1).unwrap());
+        assert!(std::fs::read(&path).unwrap().starts_with(b"\x7fELF"), "{}", path.display());
+    }
+    let listed = json(&run(host().args(["sched", "list", "--json"])));
+    let entry = listed.as_array().unwrap().iter().find(|e| e["kernel_key"] == key).expect("entry for the kernel");
+    assert_eq!(entry["schedulers"].as_array().unwrap().len(), 4);
+    assert!(entry["clang"].as_str().unwrap().contains("clang"));
+}
