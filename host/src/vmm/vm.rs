@@ -410,7 +410,9 @@ impl Vm {
             let loader = std::thread::Builder::new().name("ktstr-vm-load".into()).spawn_scoped(scope, fill);
             let built = build_vm(&kvm, &memory, &mut timeline);
             let (loaded, fill_timeline, done) = match loader {
-                Ok(handle) => handle.join().unwrap_or_else(|_| (Err(VmError::LoaderPanicked), Timeline::detached(), Instant::now())),
+                Ok(handle) => handle
+                    .join()
+                    .unwrap_or_else(|_| (Err(VmError::LoaderPanicked), Timeline::detached(), Instant::now())),
                 Err(_) => fill(), // no thread to spare: in sequence
             };
             timeline.adopt_phases(fill_timeline);
