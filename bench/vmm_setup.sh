@@ -32,8 +32,11 @@ export KTSTR_KVM_KERNEL=${KTSTR_KVM_KERNEL:-vmlinux}
 
 # One run: "total host_kernel own before_vmm" in ms, from the VMM's phases.
 ours() {
-  { KTSTR_EXEC_EPOCH=$EPOCHREALTIME $HOST run --json --backend kvm --kernel "$KERNEL" --memory 512 \
-    --topology 1n1l2c1t --vm-timeout 1 2>/dev/null || true; } | grep '"vm_exit"' | grep -oE '[A-Za-z_0-9]+ [0-9.]+ms' |
+  # Output to a file, parsed afterwards: a pipeline's readers would start alongside ktstr-host
+  # and compete with its setup for the CPUs.
+  KTSTR_EXEC_EPOCH=$EPOCHREALTIME $HOST run --json --backend kvm --kernel "$KERNEL" --memory 512 \
+    --topology 1n1l2c1t --vm-timeout 1 > "$tmp/run.json" 2>/dev/null || true
+  grep '"vm_exit"' "$tmp/run.json" | grep -oE '[A-Za-z_0-9]+ [0-9.]+ms' |
     awk '{ sub(/ms$/, "", $2); t[$1] = $2 }
       END { if (!("first_kvm_run" in t)) exit
             calls = t["KVM_CREATE_VM"] + t["KVM_CREATE_IRQCHIP"] + t["KVM_SET_USER_MEMORY_REGION"]
