@@ -283,8 +283,16 @@ impl Scheduler {
                 std::thread::sleep(POLL);
             }
         }
+        // The output still in the pipe is read; a descendant that escaped the group and holds
+        // the pipe open must not hang the init, so the wait is bounded.
         if let Some(h) = self.reader.take() {
-            let _ = h.join();
+            let until = Instant::now() + Duration::from_secs(1);
+            while !h.is_finished() && Instant::now() < until {
+                std::thread::sleep(POLL);
+            }
+            if h.is_finished() {
+                let _ = h.join();
+            }
         }
     }
 
