@@ -1500,18 +1500,22 @@ mod tests {
 
     #[test]
     fn fake_record_cpu_ratio_is_measured() {
+        // One spinner per CPU in each cgroup: hi = workers 0-3, lo = workers 4-7.
         let mut rec = catalog("cgroup_weights_2to1");
+        let set = |rec: &mut RunRecord, ids: std::ops::Range<u32>, f: fn(u64) -> u64| {
+            ids.for_each(|id| cpu_curve(rec, id, f));
+        };
         assert!(check(&judge_default(&rec), "cpu_ratio").passed);
-        cpu_curve(&mut rec, 0, |ms| ms / 2);
+        set(&mut rec, 0..8, |ms| ms / 2);
         let c = check(&judge_default(&rec), "cpu_ratio").clone();
         assert!(!c.passed, "equal CPU time is not 2:1: {}", c.detail);
-        assert!(c.detail.contains("cpu time hi:lo = 1.00 (2.00 s / 2.00 s), expected 2 +- 25%"), "{}", c.detail);
-        cpu_curve(&mut rec, 0, |ms| ms * 13 / 20);
-        cpu_curve(&mut rec, 1, |ms| ms * 7 / 20);
+        assert!(c.detail.contains("cpu time hi:lo = 1.00 (8.00 s / 8.00 s), expected 2 +- 25%"), "{}", c.detail);
+        set(&mut rec, 0..4, |ms| ms * 13 / 20);
+        set(&mut rec, 4..8, |ms| ms * 7 / 20);
         let v = judge_default(&rec);
         assert!(check(&v, "cpu_ratio").passed, "{}", check(&v, "cpu_ratio").detail);
         assert!((v.numbers.cpu_ratio.unwrap() - 1.857).abs() < 0.01);
-        cpu_curve(&mut rec, 1, |_| 0);
+        set(&mut rec, 4..8, |_| 0);
         assert!(check(&judge_default(&rec), "cpu_ratio").detail.contains("lo got no CPU time"));
         assert!(check(&judge_default(&catalog("basic_spin")), "cpu_ratio").skipped);
     }

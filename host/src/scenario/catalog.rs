@@ -100,6 +100,8 @@ mod tests {
         let r = from_toml(get("cgroup_weights_2to1").unwrap(), "x", "catalog", &t, 1.0).unwrap();
         let ratio = r.expect.cpu_ratio.unwrap();
         assert_eq!((ratio.cgroups[0].as_str(), ratio.cgroups[1].as_str(), ratio.ratio), ("hi", "lo", 2.0));
-        assert_eq!(r.scenario.cgroups[0].cpuset.as_ref().unwrap().0, [0]);
+        // No cpuset: both compete for every CPU, one spinner per CPU each.
+        assert!(r.scenario.cgroups.iter().all(|c| c.cpuset.is_none()));
+        assert_eq!(r.scenario.workers().count(), 2 * 4);
     }
 }
