@@ -96,6 +96,7 @@ fn decode(stream: &[u8], r: &scenario::Resolved) -> RunRecord {
         emulated: true,
         memory_mib: 512,
         deadline_ms: scenario::deadline_ms(&r.scenario),
+        kernel_append: None,
     };
     let mut rec = RunRecord::new(meta, tel);
     rec.decode = dec.stats().into();

@@ -92,6 +92,9 @@ pub struct VmArgs {
     /// Show the guest console (kernel log) on stderr as it runs
     #[arg(long)]
     pub console: bool,
+    /// Extra guest kernel command-line parameters, after ktstr's own (e.g. 'nohz_full=1-3')
+    #[arg(long, value_name = "PARAMS", value_parser = parse_append)]
+    pub append: Option<String>,
     /// Hard wall-clock limit for the whole VM in seconds (default: the plan's deadline plus a
     /// boot allowance); the VM is torn down when it passes (exit 124)
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u32).range(1..=86400))]
@@ -238,8 +241,17 @@ fn prepare(vm: &VmArgs) -> Result<(Cache, kernel::Kernel, Backend)> {
     Ok((cache, k, backend))
 }
 
+/// Kernel parameters must stay one line of printable text.
+fn parse_append(s: &str) -> Result<String, String> {
+    match s.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!("control character {c:?} in kernel parameters; give them on one line")),
+        None => Ok(s.trim().to_string()),
+    }
+}
+
 fn request(vm: &VmArgs, k: kernel::Kernel, backend: Backend, plan: RunPlan, files: Vec<GuestFile>) -> RunRequest {
     RunRequest {
+        append: vm.append.clone(),
         kernel: k,
         backend,
         topology: vm.topology,

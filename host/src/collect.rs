@@ -66,12 +66,22 @@ impl Console {
         String::from_utf8_lossy(&self.tail).into_owned()
     }
 
-    /// The kernel's panic message and what follows it, if the console shows one.
+    /// The kernel's panic message and what follows it, if the console shows one; after an
+    /// oops (`oops=panic`) the oops report that caused it comes first: its headline, the
+    /// faulting RIP and the call trace.
     pub fn kernel_panic(&self) -> Option<String> {
         let text = self.text();
         let at = text.find("Kernel panic - not syncing")?;
         let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
-        Some(text[line_start..].lines().take(20).collect::<Vec<_>>().join("\n"))
+        let panic: Vec<&str> = text[line_start..].lines().take(20).collect();
+        let oops_at = OOPS_HEADLINES.iter().filter_map(|h| text[..line_start].find(h)).min();
+        let Some(oops_at) = oops_at else { return Some(panic.join("\n")) };
+        let oops_start = text[..oops_at].rfind('\n').map_or(0, |i| i + 1);
+        let oops = text[oops_start..line_start].lines();
+        let keep = |l: &&str| OOPS_HEADLINES.iter().any(|h| l.contains(h)) || l.contains("RIP:") || l.contains("+0x");
+        let mut out: Vec<&str> = oops.filter(keep).take(OOPS_LINES).collect();
+        out.extend(panic.iter().take(2));
+        Some(out.join("\n"))
     }
 
     /// The last `n` lines.
@@ -81,6 +91,11 @@ impl Console {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 }
+
+/// Lines that start a kernel oops report.
+const OOPS_HEADLINES: [&str; 4] = ["BUG: ", "Oops: ", "general protection fault", "kernel BUG at"];
+/// Lines of an oops report kept with a panic (headline, RIP, call trace).
+const OOPS_LINES: usize = 16;
 
 /// Everything one run produced.
 #[derive(Debug, Clone)]
@@ -303,5 +318,20 @@ mod tests {
         let p = c.kernel_panic().unwrap();
         assert!(p.starts_with("[ 1.0] Kernel panic - not syncing: Attempted to kill init!"), "{p}");
         assert!(Console::default().kernel_panic().is_none());
+        // After an oops: the oops headline, RIP and trace first, then the panic line.
+        let mut c = Console::default();
+        c.push(
+            b"[ 4.0] BUG: kernel NULL pointer dereference, address: 0000000000000051\n[ 4.0] #PF: supervisor read\n",
+        );
+        c.push(
+            b"[ 4.0] RIP: 0010:pick_task_fair+0x56/0x110\n[ 4.0] Call Trace:\n[ 4.0]  pick_next_task_fair+0x21/0x210\n",
+        );
+        c.push(b"[ 4.1] Kernel panic - not syncing: Fatal exception\n[ 4.1] Kernel Offset: disabled\n");
+        let p = c.kernel_panic().unwrap();
+        let lines: Vec<&str> = p.lines().collect();
+        assert!(lines[0].contains("BUG: kernel NULL pointer dereference"), "{p}");
+        assert!(lines[1].contains("RIP: 0010:pick_task_fair") && lines[2].contains("pick_next_task_fair"), "{p}");
+        assert!(lines[3].contains("Kernel panic - not syncing: Fatal exception"), "{p}");
+        assert!(!p.contains("#PF"), "{p}");
     }
 }

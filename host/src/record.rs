@@ -361,6 +361,9 @@ pub struct RunRecord {
     pub emulated: bool,
     pub memory_mib: u32,
     pub deadline_ms: u32,
+    /// Kernel parameters added with `--append`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_append: Option<String>,
     pub boot: BootPhases,
     pub end: RunEnd,
     pub decode: DecodeInfo,
@@ -387,6 +390,7 @@ pub struct RunMeta {
     pub emulated: bool,
     pub memory_mib: u32,
     pub deadline_ms: u32,
+    pub kernel_append: Option<String>,
 }
 
 impl RunRecord {
@@ -407,6 +411,7 @@ impl RunRecord {
             emulated: meta.emulated,
             memory_mib: meta.memory_mib,
             deadline_ms: meta.deadline_ms,
+            kernel_append: meta.kernel_append,
             boot: BootPhases::default(),
             end: RunEnd::default(),
             decode: DecodeInfo::default(),
@@ -668,6 +673,7 @@ mod tests {
             emulated: true,
             memory_mib: 512,
             deadline_ms: 1000,
+            kernel_append: None,
         };
         assert!(meta.run_id.ends_with("-a-b-c-1n1l2c1t"), "{}", meta.run_id);
         let mut t = Telemetry::default();

@@ -23,6 +23,8 @@ pub struct RunRequest {
     /// Host files to carry into the guest, ELF ones with their library closures.
     pub files: Vec<GuestFile>,
     pub console: bool,
+    /// Extra kernel command-line parameters, after ktstr's own.
+    pub append: Option<String>,
     pub stream_output: bool,
     /// Overrides the VM's hard timeout (plan deadline + boot allowance).
     pub vm_timeout: Option<Duration>,
@@ -102,7 +104,9 @@ fn boot_allowance(t: &Topology, backend: Backend) -> Duration {
 /// The kernel command line for a run.
 pub fn cmdline(console: bool) -> String {
     let verbosity = if console { "loglevel=7" } else { "quiet loglevel=1" };
-    format!("console=ttyS0 rdinit=/init panic=-1 {verbosity} random.trust_cpu=on")
+    // oops=panic: a kernel oops leaves the guest in an undefined state (often hung); end the
+    // run at once with the oops text instead of waiting for the watchdog.
+    format!("console=ttyS0 rdinit=/init panic=-1 oops=panic {verbosity} random.trust_cpu=on")
 }
 
 /// Where a basic userland (busybox applets) lives in the guest; appended to the command's PATH.
@@ -241,7 +245,10 @@ pub fn run(cache: &Cache, req: &RunRequest) -> Result<RunOutput> {
     let spec = VmSpec {
         kernel: req.kernel.image.clone(),
         initrd,
-        cmdline: cmdline(req.console),
+        cmdline: match req.append.as_deref().filter(|a| !a.is_empty()) {
+            Some(extra) => format!("{} {extra}", cmdline(req.console)),
+            None => cmdline(req.console),
+        },
         topology: req.topology,
         memory_mib: req.memory_mib,
         timeout,

@@ -1169,6 +1169,7 @@ mod tests {
             emulated: false,
             memory_mib: 512,
             deadline_ms: 60_000,
+            kernel_append: None,
         };
         let mut rec = RunRecord::new(meta, tel);
         rec.end.result = Some(RunResult {

@@ -146,6 +146,7 @@ pub fn finish(
         emulated: out.backend == Backend::Qemu(Accel::Tcg),
         memory_mib: req.memory_mib,
         deadline_ms: req.plan.deadline_ms,
+        kernel_append: req.append.clone(),
     };
     let rec = RunRecord::from_run(meta, out);
     let verdict = verdict::judge(&rec, &Thresholds::for_record(&rec, &args.thresholds));
