@@ -341,13 +341,31 @@ impl From<&DecodeStats> for DecodeInfo {
     }
 }
 
-/// Everything about one scenario run.
+/// Everything about one scenario run: what the host knew before it ([`RunMeta`], flattened
+/// into the same JSON object) and what it produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     /// [`RECORD_FORMAT`].
     pub format: u32,
-    pub run_id: String,
+    #[serde(flatten)]
+    pub meta: RunMeta,
     pub created: String,
+    pub boot: BootPhases,
+    pub end: RunEnd,
+    pub decode: DecodeInfo,
+    pub telemetry: TelemetryStats,
+    pub ticks: Vec<Tick>,
+    pub reports: Vec<WorkerReport>,
+    pub events: Vec<ScenarioEvent>,
+    pub sched_events: Vec<SchedEvent>,
+    pub logs: Vec<LogLine>,
+    pub console_tail: String,
+}
+
+/// What the host side knows before the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunMeta {
+    pub run_id: String,
     pub scenario: ScenarioInfo,
     /// The scenario as the guest ran it (CPU lists explicit, durations scaled).
     pub plan: Scenario,
@@ -364,33 +382,6 @@ pub struct RunRecord {
     /// Kernel parameters added with `--append`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_append: Option<String>,
-    pub boot: BootPhases,
-    pub end: RunEnd,
-    pub decode: DecodeInfo,
-    pub telemetry: TelemetryStats,
-    pub ticks: Vec<Tick>,
-    pub reports: Vec<WorkerReport>,
-    pub events: Vec<ScenarioEvent>,
-    pub sched_events: Vec<SchedEvent>,
-    pub logs: Vec<LogLine>,
-    pub console_tail: String,
-}
-
-/// What the host side knows before the run.
-#[derive(Debug, Clone)]
-pub struct RunMeta {
-    pub run_id: String,
-    pub scenario: ScenarioInfo,
-    pub plan: Scenario,
-    pub expect: Expect,
-    pub topology: Topology,
-    pub scheduler: SchedulerInfo,
-    pub kernel: KernelInfo,
-    pub backend: String,
-    pub emulated: bool,
-    pub memory_mib: u32,
-    pub deadline_ms: u32,
-    pub kernel_append: Option<String>,
 }
 
 impl RunRecord {
@@ -399,19 +390,8 @@ impl RunRecord {
         telemetry.finish();
         RunRecord {
             format: RECORD_FORMAT,
-            run_id: meta.run_id,
+            meta,
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            scenario: meta.scenario,
-            plan: meta.plan,
-            expect: meta.expect,
-            topology: meta.topology,
-            scheduler: meta.scheduler,
-            kernel: meta.kernel,
-            backend: meta.backend,
-            emulated: meta.emulated,
-            memory_mib: meta.memory_mib,
-            deadline_ms: meta.deadline_ms,
-            kernel_append: meta.kernel_append,
             boot: BootPhases::default(),
             end: RunEnd::default(),
             decode: DecodeInfo::default(),
@@ -431,7 +411,7 @@ impl RunRecord {
         let c = out.collected;
         let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64() * 1e3);
         let mut rec = RunRecord::new(meta, c.telemetry);
-        rec.kernel.release = c.hello.as_ref().map(|h| h.kernel_release.as_str().to_owned());
+        rec.meta.kernel.release = c.hello.as_ref().map(|h| h.kernel_release.as_str().to_owned());
         rec.boot = BootPhases {
             host_setup_ms: out.setup.as_secs_f64() * 1e3,
             first_console_ms: ms(c.phases.first_console_byte),
@@ -456,7 +436,7 @@ impl RunRecord {
 
     /// Whether the run was emulated.
     pub fn emulated(&self) -> bool {
-        self.emulated
+        self.meta.emulated
     }
 
     /// Guest time the workers were released (the `Started` event).
@@ -681,8 +661,8 @@ mod tests {
         t.push(report(0));
         let rec = RunRecord::new(meta, t);
         let out = tempfile::tempdir().unwrap();
-        let d1 = run_dir(out.path(), &rec.run_id).unwrap();
-        let d2 = run_dir(out.path(), &rec.run_id).unwrap();
+        let d1 = run_dir(out.path(), &rec.meta.run_id).unwrap();
+        let d2 = run_dir(out.path(), &rec.meta.run_id).unwrap();
         assert_ne!(d1, d2, "a second run with the same id gets its own directory");
         let path = d1.join("record.json");
         write_json(&path, &rec, false).unwrap();

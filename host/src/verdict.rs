@@ -209,7 +209,7 @@ impl Thresholds {
 
     /// The thresholds a record is judged with: its scenario's, for its backend, then `o`.
     pub fn for_record(rec: &RunRecord, o: &Overrides) -> Thresholds {
-        Thresholds::resolve(&rec.expect, o, rec.emulated())
+        Thresholds::resolve(&rec.meta.expect, o, rec.emulated())
     }
 
     /// One line per threshold: name, value.
@@ -324,8 +324,8 @@ pub fn judge(rec: &RunRecord, th: &Thresholds) -> Verdict {
         scheduler(&cx),
     ];
     Verdict {
-        scenario: rec.scenario.name.clone(),
-        run_id: rec.run_id.clone(),
+        scenario: rec.meta.scenario.name.clone(),
+        run_id: rec.meta.run_id.clone(),
         passed: checks.iter().all(|c| c.passed),
         checks,
         thresholds: th.clone(),
@@ -355,9 +355,10 @@ struct WorkerMeta {
 
 impl<'a> Ctx<'a> {
     fn new(rec: &'a RunRecord, th: &'a Thresholds) -> Ctx<'a> {
-        let cgroups = rec.plan.cgroup_defs().map(|d| d.name.as_str()).collect();
+        let cgroups = rec.meta.plan.cgroup_defs().map(|d| d.name.as_str()).collect();
         let mut spec_ids: Vec<*const ktstr_shared::scenario::WorkerSpec> = Vec::new();
         let workers: Vec<WorkerMeta> = rec
+            .meta
             .plan
             .workers()
             .map(|w| {
@@ -370,9 +371,9 @@ impl<'a> Ctx<'a> {
             })
             .collect();
         let n_workers = workers.len();
-        let timeline = timeline::build(&rec.plan, rec.topology.cpus());
+        let timeline = timeline::build(&rec.meta.plan, rec.meta.topology.cpus());
         let mut cx = Ctx { rec, th, t0: rec.started_ns(), cgroups, workers, n_workers, timeline, windows: Vec::new() };
-        cx.windows = rec.plan.step_starts_ms().enumerate().map(|(k, s)| cx.step_window(k, s)).collect();
+        cx.windows = rec.meta.plan.step_starts_ms().enumerate().map(|(k, s)| cx.step_window(k, s)).collect();
         cx
     }
 
@@ -437,7 +438,7 @@ fn run_completed(cx: &Ctx) -> Check {
         None if rec.end.vm_problem.is_none() => f.push("the guest sent no result".into()),
         None | Some(Outcome::Completed) => {}
         Some(Outcome::TimedOut) => {
-            f.push(format!("the run hit its deadline of {} ms before the scenario ended", rec.deadline_ms))
+            f.push(format!("the run hit its deadline of {} ms before the scenario ended", rec.meta.deadline_ms))
         }
         Some(Outcome::SchedulerFailed { reason }) => f.push(format!("the run was cut short: {reason}")),
         Some(o) => f.push(format!("the run ended as {o:?}, not Completed")),
@@ -471,7 +472,7 @@ fn exit_time(cx: &Ctx, id: u32) -> Option<u64> {
 }
 
 fn steps_applied(cx: &Ctx) -> Check {
-    let plan = &cx.rec.plan;
+    let plan = &cx.rec.meta.plan;
     if plan.steps.is_empty() {
         return Check::skip("steps_applied", "the scenario has no steps");
     }
@@ -541,7 +542,7 @@ fn telemetry(cx: &Ctx) -> Check {
     if unknown > 0 {
         f.push(format!("{unknown} samples or reports name workers the scenario does not have (it has {n})"));
     }
-    let period = u64::from(rec.plan.sample_period_ms);
+    let period = u64::from(rec.meta.plan.sample_period_ms);
     let ran_ms = match (cx.t0, cx.finished_ns()) {
         (Some(a), Some(b)) => b.saturating_sub(a) / 1_000_000,
         _ => 0,
@@ -712,7 +713,7 @@ fn isolation(cx: &Ctx, mask: Mask) -> Check {
         first.into_values().map(|(msg, n)| if n > 1 { format!("{msg} ({n} samples)") } else { msg }).collect();
     f.extend(cpus_used_violations(cx, mask));
     Check::from_failures(name, f, || {
-        let changes = cx.rec.plan.steps.len();
+        let changes = cx.rec.meta.plan.steps.len();
         format!("{checked} samples checked across {changes} steps: no worker outside its {}", mask.what())
     })
 }
@@ -925,7 +926,7 @@ fn cpu_ratio(cx: &Ctx, numbers: &mut KeyNumbers) -> Check {
 
 /// The kernel's warning that the sched_ext scheduler ignores cgroup cpu.weight, if it gave one.
 fn no_weight_support<'a>(cx: &Ctx<'a>) -> Option<&'a str> {
-    if cx.rec.scheduler.kind != SchedulerKind::SchedExt {
+    if cx.rec.meta.scheduler.kind != SchedulerKind::SchedExt {
         return None;
     }
     let line = cx
@@ -1013,7 +1014,7 @@ fn throughput(cx: &Ctx) -> Check {
 fn scheduler(cx: &Ctx) -> Check {
     const NAME: &str = "scheduler";
     let systems = || cx.rec.ticks.iter().filter_map(|t| Some((t.t_ns, t.system?)));
-    match cx.rec.scheduler.kind {
+    match cx.rec.meta.scheduler.kind {
         SchedulerKind::Eevdf => {
             let attached = systems().find(|(_, s)| matches!(s.scx, ScxState::Enabled | ScxState::Enabling));
             match attached {
@@ -1034,7 +1035,7 @@ fn scheduler(cx: &Ctx) -> Check {
 /// A failure quotes the kernel's reason and adds the scheduler's last output lines, the
 /// kernel's sched_ext log and dump lines, and the console's last lines.
 fn scx_attached(cx: &Ctx) -> Check {
-    let name = &cx.rec.scheduler.name;
+    let name = &cx.rec.meta.scheduler.name;
     let events = &cx.rec.sched_events;
     let mut f: Vec<String> = events
         .iter()
@@ -1452,7 +1453,7 @@ mod tests {
             let ms = (t.t_ns - T0) / MS;
             t.workers.iter_mut().filter(|w| w.id == id).for_each(|w| w.cpu_time_ns = f(ms) * MS);
         }
-        let end = u64::from(rec.plan.duration_ms);
+        let end = u64::from(rec.meta.plan.duration_ms);
         rec.reports.iter_mut().filter(|r| r.id == id).for_each(|r| r.cpu_time_ns = f(end) * MS);
     }
 
@@ -1596,7 +1597,7 @@ mod tests {
         );
         // sched_ext: attached, enabled at every tick with one enable sequence, stopped at the end.
         let mut rec = catalog("basic_spin");
-        rec.scheduler = SchedulerInfo { name: "scx_qmap".into(), kind: SchedulerKind::SchedExt, args: vec![] };
+        rec.meta.scheduler = SchedulerInfo { name: "scx_qmap".into(), kind: SchedulerKind::SchedExt, args: vec![] };
         for t in &mut rec.ticks {
             let s = t.system.as_mut().unwrap();
             (s.scx, s.scx_enable_seq) = (ScxState::Enabled, Some(1));
@@ -1647,7 +1648,7 @@ mod tests {
         let mut rec = catalog("cgroup_weights_2to1");
         let before = check(&judge_default(&rec), "cpu_ratio").clone();
         assert!(!before.skipped, "{}", before.detail);
-        rec.scheduler = SchedulerInfo { name: "scx_simple".into(), kind: SchedulerKind::SchedExt, args: vec![] };
+        rec.meta.scheduler = SchedulerInfo { name: "scx_simple".into(), kind: SchedulerKind::SchedExt, args: vec![] };
         rec.sched_events.push(crate::record::SchedEvent {
             t_ns: T0,
             kind: SchedEventKind::KernelLog,
@@ -1656,7 +1657,7 @@ mod tests {
         let c = check(&judge_default(&rec), "cpu_ratio").clone();
         assert!(c.skipped && c.detail.contains("the kernel says \"simple\" does not implement cgroup cpu.weight"));
         // The same line under EEVDF (impossible, but) changes nothing.
-        rec.scheduler = SchedulerInfo::eevdf();
+        rec.meta.scheduler = SchedulerInfo::eevdf();
         assert!(!check(&judge_default(&rec), "cpu_ratio").skipped);
     }
 

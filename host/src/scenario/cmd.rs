@@ -150,7 +150,7 @@ pub fn finish(
     };
     let rec = RunRecord::from_run(meta, out);
     let verdict = verdict::judge(&rec, &Thresholds::for_record(&rec, &args.thresholds));
-    let dir = record::run_dir(&args.out_dir, &rec.run_id)?;
+    let dir = record::run_dir(&args.out_dir, &rec.meta.run_id)?;
     record::write_json(&dir.join("record.json"), &rec, false)?;
     record::write_json(&dir.join("verdict.json"), &verdict, true)?;
     Ok(ScenarioRow {
@@ -221,7 +221,10 @@ pub fn judge(args: &JudgeArgs) -> Result<i32> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("{} ({}, {} on {})", rec.scenario.name, rec.run_id, rec.scheduler.name, rec.topology);
+        println!(
+            "{} ({}, {} on {})",
+            rec.meta.scenario.name, rec.meta.run_id, rec.meta.scheduler.name, rec.meta.topology
+        );
         report::print_verdict(&v);
     }
     Ok(if v.passed { 0 } else { 1 })
@@ -272,8 +275,8 @@ pub fn explain(args: &ExplainArgs) -> Result<i32> {
         }
         (None, None) => (Thresholds::resolve(&Default::default(), &args.thresholds, false), "defaults".to_string()),
     };
-    let info = resolved.as_ref().map(|r| &r.info).or(record.as_ref().map(|(rec, _)| &rec.scenario));
-    let plan = resolved.as_ref().map(|r| &r.scenario).or(record.as_ref().map(|(rec, _)| &rec.plan));
+    let info = resolved.as_ref().map(|r| &r.info).or(record.as_ref().map(|(rec, _)| &rec.meta.scenario));
+    let plan = resolved.as_ref().map(|r| &r.scenario).or(record.as_ref().map(|(rec, _)| &rec.meta.plan));
     let checks = verdict::CHECK_DOCS.iter().map(|(name, meaning)| Doc { name, default: None, meaning }).collect();
     let defaults =
         verdict::THRESHOLD_DOCS.iter().map(|(name, d, meaning)| Doc { name, default: Some(d), meaning }).collect();
