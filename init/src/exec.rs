@@ -57,19 +57,21 @@ fn result(outcome: Outcome, wall_ns: u64, [stdout, stderr]: [StreamStats; 2]) ->
 /// The command in its own process group (so it can be killed whole), with only the plan's
 /// environment, stdin from /dev/null and both outputs piped to us.
 fn command(plan: &ExecPlan) -> Command {
-    let mut cmd = Command::new(&plan.argv[0]);
-    cmd.args(&plan.argv[1..])
-        .env_clear()
-        .envs(plan.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    if !plan.env.iter().any(|(k, _)| k == "PATH") {
-        cmd.env("PATH", DEFAULT_PATH);
-    }
+    let mut cmd = isolated(&plan.argv, &plan.env);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     if let Some(cwd) = &plan.cwd {
         cmd.current_dir(cwd);
+    }
+    cmd
+}
+
+/// `argv` in its own process group with exactly `env` (plus [`DEFAULT_PATH`] when it has no
+/// `PATH`) and stdin from /dev/null; the caller decides where the output goes.
+pub fn isolated(argv: &[String], env: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]).env_clear().envs(env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).process_group(0);
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        cmd.env("PATH", DEFAULT_PATH);
     }
     cmd
 }

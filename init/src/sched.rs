@@ -7,13 +7,12 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ktstr_shared::plan::{DEFAULT_PATH, SchedPlan};
+use ktstr_shared::plan::SchedPlan;
 use ktstr_shared::wire::{GuestMsg, SchedEventKind, text};
 
 use crate::control::Control;
@@ -135,17 +134,8 @@ impl Scheduler {
         let seq = enable_seq();
         let (rx, tx) = sys::pipe().map_err(|e| format!("cannot create a pipe for {}: {e}", plan.name))?;
         let tx2 = tx.try_clone().map_err(|e| format!("cannot duplicate a pipe: {e}"))?;
-        let mut cmd = Command::new(&plan.argv[0]);
-        cmd.args(&plan.argv[1..])
-            .env_clear()
-            .envs(plan.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(tx))
-            .stderr(Stdio::from(tx2))
-            .process_group(0);
-        if !plan.env.iter().any(|(k, _)| k == "PATH") {
-            cmd.env("PATH", DEFAULT_PATH);
-        }
+        let mut cmd = crate::exec::isolated(&plan.argv, &plan.env);
+        cmd.stdout(Stdio::from(tx)).stderr(Stdio::from(tx2));
         let child = cmd.spawn().map_err(|e| format!("cannot start the scheduler {}: {e}", plan.argv[0]))?;
         drop(cmd); // closes our copies of the write end: EOF comes when the scheduler exits
         let pid = child.id() as libc::pid_t;
