@@ -28,23 +28,42 @@ fn inner_host(dir: &Path) -> PathBuf {
     dst
 }
 
+/// Every case but `panic` and `hang` goes through `retry`: QEMU 7.2's multi-threaded TCG,
+/// emulating AMD SVM for the outer guest's KVM, now and then loses the inner guest's address
+/// translation right after a VMRUN (the inner kernel faults fetching code it was running,
+/// cannot deliver the #PF, and triple-faults; or it hangs). Measured with the inner console on:
+/// 5 to 14 of 30 boots with two outer vCPUs, 0 of 26 with one (a slower outer guest, which
+/// then hung once). So a case that ends in exactly that way (KVM on SVM reports it as a
+/// triple fault with reset-state registers, or as the watchdog) is run again, at most twice,
+/// and the retries are printed and bounded by the test.
 const SCRIPT: &str = r#"
 H=/nest/ktstr-host
 K=/nest/k/bzImage
 kvm() { $H "$@" 2>&1; }
+retry() {
+  n=0
+  while :; do
+    "$@" > /tmp/case.out 2>&1; rc=$?
+    if [ $rc -ne 0 ] && [ $n -lt 2 ] && grep -Eq 'registers are lost: KVM on AMD SVM|micro-VMM: Timeout' /tmp/case.out; then
+      n=$((n+1)); echo "RETRY $n: $(grep -Eo 'vCPU [0-9]+ triple fault|micro-VMM: Timeout' /tmp/case.out | head -1)"
+      continue
+    fi
+    cat /tmp/case.out; return $rc
+  done
+}
 case_() { name=$1; shift; echo "=== CASE $name"; "$@"; echo "=== END $name exit=$?"; }
-case_ exit0  kvm exec --backend kvm --kernel $K -- /ktstr/bin/true
-case_ exit1  kvm exec --backend kvm --kernel $K -- /ktstr/bin/false
-case_ exit42 kvm exec --backend kvm --kernel $K -- /ktstr/bin/sh -c 'echo hello-from-inner; exit 42'
-case_ smp2   kvm run --json --backend kvm --kernel $K --topology 1n1l2c1t
-case_ smp4   kvm run --json --backend kvm --kernel $K --topology 1n1l4c1t --memory 384
-case_ topo_1n2l2c1t kvm run --json --backend kvm --kernel $K --topology 1n2l2c1t --memory 512
-case_ topo_2n4l2c1t kvm run --json --backend kvm --kernel $K --topology 2n4l2c1t --memory 512
-case_ topo_1n2l2c2t kvm run --json --backend kvm --kernel $K --topology 1n2l2c2t --memory 512
-case_ topo_1n3l3c1t kvm run --json --backend kvm --kernel $K --topology 1n3l3c1t --memory 512
+case_ exit0  retry $H exec --backend kvm --kernel $K -- /ktstr/bin/true
+case_ exit1  retry $H exec --backend kvm --kernel $K -- /ktstr/bin/false
+case_ exit42 retry $H exec --backend kvm --kernel $K -- /ktstr/bin/sh -c 'echo hello-from-inner; exit 42'
+case_ smp2   retry $H run --json --backend kvm --kernel $K --topology 1n1l2c1t
+case_ smp4   retry $H run --json --backend kvm --kernel $K --topology 1n1l4c1t --memory 384
+case_ topo_1n2l2c1t retry $H run --json --backend kvm --kernel $K --topology 1n2l2c1t --memory 512
+case_ topo_2n4l2c1t retry $H run --json --backend kvm --kernel $K --topology 2n4l2c1t --memory 512
+case_ topo_1n2l2c2t retry $H run --json --backend kvm --kernel $K --topology 1n2l2c2t --memory 512
+case_ topo_1n3l3c1t retry $H run --json --backend kvm --kernel $K --topology 1n3l3c1t --memory 512
 case_ panic  kvm exec --backend kvm --kernel $K -- /ktstr/bin/sh -c 'echo c > /proc/sysrq-trigger'
-case_ acpi   kvm exec --backend kvm --kernel $K -- /ktstr/bin/sh -c 'dmesg | grep -E "ACPI|pnp"'
-case_ bzimage env KTSTR_KVM_KERNEL=bzimage $H run --json --backend kvm --kernel $K --topology 1n1l2c1t
+case_ acpi   retry $H exec --backend kvm --kernel $K -- /ktstr/bin/sh -c 'dmesg | grep -E "ACPI|pnp"'
+case_ bzimage retry env KTSTR_KVM_KERNEL=bzimage $H run --json --backend kvm --kernel $K --topology 1n1l2c1t
 case_ hang   kvm exec --backend kvm --kernel $K --timeout 600 --vm-timeout 8 -- /ktstr/bin/sleep 600
 "#;
 
@@ -96,6 +115,16 @@ fn micro_vmm_runs_real_guests_on_nested_kvm() {
     eprintln!("TIMING kvm_in_tcg: whole tier {:.1} s", t.elapsed().as_secs_f64());
     assert!(out.status.success(), "the outer run failed: {}", text(&out.stderr));
     let got = cases(&text(&out.stdout));
+    // The known QEMU TCG flake (see SCRIPT): reported, and bounded so a real regression with
+    // the same look (every boot failing) still fails the test.
+    let retries: Vec<String> = got
+        .iter()
+        .flat_map(|(case, (body, _))| {
+            body.lines().filter(|l| l.starts_with("RETRY")).map(move |l| format!("{case}: {l}"))
+        })
+        .collect();
+    eprintln!("TIMING kvm_in_tcg: {} retried boot(s) {retries:?}", retries.len());
+    assert!(retries.len() <= 4, "too many nested boots failed the known way: {retries:?}");
 
     assert_eq!(got["exit0"].1, 0, "{}", got["exit0"].0);
     assert_eq!(got["exit1"].1, 1, "{}", got["exit1"].0);

@@ -51,6 +51,11 @@ fn describe(o: &VmOutcome, kernel: &str) -> String {
         VmExit::PowerOff => "guest powered off".into(),
         VmExit::Reset => "guest reset".into(),
         VmExit::Panic(_) => "guest kernel panic".into(),
+        VmExit::TripleFault { regs: Some(r) } if r.is_reset_state() => format!(
+            "vCPU {} triple fault (its registers are lost: KVM on AMD SVM resets a vCPU before reporting a shutdown)",
+            r.vcpu
+        ),
+        VmExit::TripleFault { regs: Some(r) } => format!("triple fault: {r}"),
         other => format!("{other:?}"),
     };
     let ms = |(n, d): &(&str, Duration)| format!("{n} {:.1}ms", d.as_secs_f64() * 1e3);

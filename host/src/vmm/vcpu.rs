@@ -53,6 +53,14 @@ pub struct VcpuRegs {
     pub cs: u16,
 }
 
+impl VcpuRegs {
+    /// The architectural INIT/reset state (CS:IP F000:FFF0, real mode). KVM on AMD SVM puts a
+    /// vCPU there before it reports a triple fault, so these are not the faulting registers.
+    pub fn is_reset_state(&self) -> bool {
+        self.cs == 0xf000 && self.rip == 0xfff0 && self.cr0 & 1 == 0
+    }
+}
+
 impl fmt::Display for VcpuRegs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -319,5 +327,20 @@ fn handle_exit(devices: &Devices, exit: VcpuExit<'_>) -> Next {
             other => VcpuStop::Error(format!("unexpected KVM system event {other}")),
         }),
         other => Next::Stop(VcpuStop::Error(format!("unexpected KVM exit {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_state_is_recognised() {
+        // What KVM on AMD SVM reports after a shutdown: RDX holds the CPUID signature.
+        let reset = VcpuRegs { vcpu: 1, rip: 0xfff0, cs: 0xf000, cr0: 0x10, rdx: 0x60fb1, ..Default::default() };
+        assert!(reset.is_reset_state());
+        let long_mode = VcpuRegs { rip: 0xffff_ffff_8100_0000, cs: 0x10, cr0: 0x8005_0033, ..Default::default() };
+        assert!(!long_mode.is_reset_state());
+        assert!(!VcpuRegs { cr0: 0x11, ..reset }.is_reset_state(), "protected mode at the same CS:IP");
     }
 }
