@@ -44,8 +44,9 @@ retry() {
   n=0
   while :; do
     "$@" > /tmp/case.out 2>&1; rc=$?
-    if [ $rc -ne 0 ] && [ $n -lt 2 ] && grep -Eq 'registers are lost: KVM on AMD SVM|micro-VMM: Timeout' /tmp/case.out; then
-      n=$((n+1)); echo "RETRY $n: $(grep -Eo 'vCPU [0-9]+ triple fault|micro-VMM: Timeout' /tmp/case.out | head -1)"
+    why=$(grep -Eo 'vCPU [0-9]+ triple fault \(its registers are lost|micro-VMM: Timeout' /tmp/case.out | head -1)
+    if [ $rc -ne 0 ] && [ $n -lt 2 ] && [ -n "$why" ]; then
+      n=$((n+1)); echo "RETRY $n: $why"
       continue
     fi
     cat /tmp/case.out; return $rc
