@@ -7,8 +7,9 @@
 //! CPU shares they measure. The catalog runs once (one VM per scenario) and its records serve
 //! several tests. Timing checks (gaps, CPU shares) assume the host gives the VM's vCPU threads
 //! their time: under emulation their limits carry the verdict's emulation slack, but a machine
-//! loaded far beyond its cores (other VMs, kernel builds) can still stall a vCPU for seconds;
-//! a failure message states the host load average.
+//! loaded far beyond its cores (other VMs, kernel builds) can still stall a vCPU for seconds.
+//! So a scenario that fails only on timing checks is run once more (at most MAX_RERUNS per
+//! catalog, each printed as RERUN), and a failure message states the host load average.
 
 mod common;
 
@@ -16,15 +17,12 @@ use common::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 const TOPOLOGY: &str = "1n2l2c1t";
-
-fn vm_lock() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// Scenarios of the catalog that may be run again after failing only on timing checks.
+const MAX_RERUNS: usize = 2;
 
 /// `ktstr-host run --scenario ...` on the default kernel; records under `out`.
 fn run_scenarios(scenarios: &[&str], out: &Path, extra: &[&str]) -> Option<Output> {
@@ -40,31 +38,13 @@ fn run_scenarios(scenarios: &[&str], out: &Path, extra: &[&str]) -> Option<Outpu
     Some(run(&mut c))
 }
 
-fn rows(out: &Output) -> Vec<Value> {
-    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON rows on stdout");
-    v.as_array().expect("an array of rows").clone()
-}
-
-fn check<'a>(row: &'a Value, name: &str) -> &'a Value {
-    row["verdict"]["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).expect("check present")
-}
-
-fn failures(row: &Value) -> String {
-    let checks = row["verdict"]["checks"].as_array().unwrap();
-    let failed: Vec<String> =
-        checks.iter().filter(|c| c["passed"] == false).map(|c| format!("{}: {}", c["name"], c["detail"])).collect();
-    failed.join("\n  ")
-}
-
 struct CatalogRun {
     rows: Vec<Value>,
     exit: Option<i32>,
+    /// Some scenario failed in the first pass (before reruns): the exit code must say so.
+    first_pass_failed: bool,
     /// Host load averages before and after: timing checks assume the host runs the VM.
     load: (String, String),
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string()
 }
 
 /// The whole catalog, once per test process: `run --scenario all` (each scenario in its own VM).
@@ -77,13 +57,19 @@ fn catalog() -> Option<&'static CatalogRun> {
         let t = Instant::now();
         let before = loadavg();
         let out = run_scenarios(&["all"], &dir, &[])?;
+        let mut rows = rows(&out);
+        let first_pass_failed = rows.iter().any(|r| r["passed"] == false);
+        let reruns = rerun_timing_failures(&mut rows, MAX_RERUNS, |row| {
+            let out = run_scenarios(&[row["scenario"].as_str()?], &dir, &[])?;
+            self::rows(&out).pop()
+        });
         eprintln!(
-            "catalog: {} scenarios in {:.0} s; records in {}",
-            rows(&out).len(),
+            "TIMING catalog: {} scenarios in {:.0} s ({reruns} rerun); records in {}",
+            rows.len(),
             t.elapsed().as_secs_f64(),
             dir.display()
         );
-        Some(CatalogRun { rows: rows(&out), exit: out.status.code(), load: (before, loadavg()) })
+        Some(CatalogRun { rows, exit: out.status.code(), first_pass_failed, load: (before, loadavg()) })
     })
     .as_ref()
 }
@@ -134,7 +120,7 @@ fn whole_catalog_passes_under_eevdf() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         failed.join("\n")
     );
-    assert_eq!(run.exit, Some(if known.is_empty() { 0 } else { 1 }));
+    assert_eq!(run.exit, Some(if run.first_pass_failed { 1 } else { 0 }), "the exit code says whether all passed");
     for row in run.rows.iter().filter(|r| !known_kernel_bug(r)) {
         let record = record_of(row);
         assert!(record.is_file() && record.with_file_name("verdict.json").is_file(), "{record:?}");
@@ -320,4 +306,34 @@ fn bad_scenario_files_fail_before_booting_with_file_line_col() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("--scheduler /no/such/scx_sched: cannot read"), "{}", text(&out.stderr));
     assert!(out.stdout.is_empty(), "refused before any VM");
+}
+
+/// The rerun rule on synthetic rows (no VM): only rows that failed on timing checks alone are
+/// rerun, each once, at most `max` in all, and the rerun's row takes the place of the first.
+#[test]
+fn synthetic_rows_only_timing_failures_are_rerun_and_bounded() {
+    let row = |name: &str, failed: &[&str]| {
+        let checks: Vec<Value> = ["fairness", "max_gap", "not_starved", "cpuset_isolation"]
+            .iter()
+            .map(|c| serde_json::json!({"name": c, "passed": !failed.contains(c), "detail": "d"}))
+            .collect();
+        serde_json::json!({"scenario": name, "scheduler": "eevdf", "record": "r", "passed": failed.is_empty(),
+            "verdict": {"checks": checks}})
+    };
+    let mut rows = vec![
+        row("ok", &[]),
+        row("spread", &["fairness"]),
+        row("starved", &["max_gap", "not_starved"]),
+        row("isolation", &["cpuset_isolation"]),
+        row("gap", &["max_gap", "fairness"]),
+        row("third", &["fairness"]),
+    ];
+    let mut asked = Vec::new();
+    let n = rerun_timing_failures(&mut rows, 2, |r| {
+        asked.push(r["scenario"].as_str().unwrap().to_string());
+        Some(row(r["scenario"].as_str().unwrap(), &[]))
+    });
+    assert_eq!((n, asked), (2, vec!["spread".to_string(), "gap".to_string()]));
+    let passed: Vec<bool> = rows.iter().map(|r| r["passed"] == true).collect();
+    assert_eq!(passed, [true, true, false, false, true, false], "reruns replaced their rows; the third was not rerun");
 }

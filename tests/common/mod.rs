@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests: run the real `ktstr-host` binary, get the real
 //! default kernel (built from the distro source once and cached), make temp caches.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
+
+mod verdicts;
+pub use verdicts::*;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
