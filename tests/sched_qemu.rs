@@ -58,11 +58,29 @@ fn catalog_names() -> Vec<String> {
     listed.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect()
 }
 
-/// Every row passed, the scheduler attached as `ops` and was stopped with EEVDF back.
+/// scx_flatcg from this kernel's tree now and then stops dispatching a runnable task. Seen in
+/// CI in cgroup_add_remove, after a sibling cgroup was removed: one worker's CPU time stopped
+/// growing, it stayed runnable and outlived SIGKILL until flatcg was unloaded. The harness
+/// found a scheduler bug (the run fails, naming the worker and its state), so the tests name
+/// it instead of failing on it; any other failure under flatcg still fails them.
+fn known_flatcg_stall(row: &Value) -> bool {
+    let failed: Vec<&Value> =
+        row["verdict"]["checks"].as_array().unwrap().iter().filter(|c| c["passed"] == false).collect();
+    row["scheduler"] == "scx_flatcg"
+        && matches!(failed.as_slice(), [c] if c["name"] == "guest_errors"
+            && c["detail"].as_str().unwrap().contains("survived SIGKILL for 2s: state R (runnable, yet the scheduler did not run it)"))
+}
+
+/// Every row passed (or hit `known_flatcg_stall`), the scheduler attached as `ops` and was
+/// stopped with EEVDF back.
 fn assert_all_passed_attached(rows: &[Value], scheduler: &str, ops: &str) {
     let mine: Vec<&Value> = rows.iter().filter(|r| r["scheduler"] == scheduler).collect();
     assert!(!mine.is_empty(), "no rows for {scheduler}");
-    let failed: Vec<String> = mine.iter().filter(|r| r["passed"] == false).map(|r| failures(r)).collect();
+    for r in mine.iter().filter(|r| known_flatcg_stall(r)) {
+        eprintln!("known scx_flatcg bug (a runnable task never dispatched) hit by {}: {}", r["scenario"], r["record"]);
+    }
+    let failed: Vec<String> =
+        mine.iter().filter(|r| r["passed"] == false && !known_flatcg_stall(r)).map(|r| failures(r)).collect();
     assert!(failed.is_empty(), "host load {}:\n{}", loadavg(), failed.join("\n"));
     for row in mine {
         let d = detail(row, "scheduler");

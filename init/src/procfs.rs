@@ -172,9 +172,48 @@ pub fn parse_scx_state(text: &str) -> ScxState {
     }
 }
 
+/// The state letter of `/proc/<pid>/stat` (after the parenthesised command, which may hold
+/// spaces and parentheses), with what it means for a task that should have died.
+pub fn parse_task_state(stat: &str) -> Option<(char, &'static str)> {
+    let state = stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()?;
+    let meaning = match state {
+        'R' => "runnable, yet the scheduler did not run it",
+        'D' => "in uninterruptible sleep",
+        'Z' => "exited, not yet reaped",
+        'T' | 't' => "stopped",
+        'S' => "sleeping",
+        _ => "",
+    };
+    Some((state, meaning))
+}
+
+/// Why task `pid` is still there: "state R (runnable, ...)", or "state unknown".
+pub fn task_state(pid: libc::pid_t) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    match parse_task_state(&stat) {
+        Some((c, "")) => format!("state {c}"),
+        Some((c, meaning)) => format!("state {c} ({meaning})"),
+        None => "state unknown".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_state_letter_after_an_awkward_command_name() {
+        assert_eq!(
+            parse_task_state("62 (cpu (spin) x) R 1 62 0"),
+            Some(('R', "runnable, yet the scheduler did not run it"))
+        );
+        assert_eq!(parse_task_state("7 (a) D 1").map(|s| s.0), Some('D'));
+        assert_eq!(parse_task_state("no parenthesis"), None);
+        assert!(task_state(libc::pid_t::MAX).contains("unknown"));
+        // This test's own thread is running (/proc/<tid> works for any thread).
+        // SAFETY: gettid has no preconditions.
+        assert!(task_state(unsafe { libc::gettid() }).starts_with("state R"));
+    }
 
     #[test]
     fn task_files() {
@@ -232,7 +271,9 @@ mod tests {
 
     #[test]
     fn own_files_are_readable() {
-        let files = TaskFiles::open(std::process::id() as libc::pid_t);
+        // This thread's files: the process's are its main thread's, which does not spin.
+        // SAFETY: gettid has no preconditions.
+        let files = TaskFiles::open(unsafe { libc::gettid() });
         let mut buf = Vec::new();
         let first = files.read(&mut buf, true, TaskStats::default()).expect("own /proc files");
         // Re-reading the same open files gives fresh values.

@@ -407,10 +407,12 @@ impl<'a> Runner<'a> {
         }
         self.wait_until_gone(&live, KILL_WAIT);
         for &i in live.iter().filter(|&&i| self.pool.workers[i].alive()) {
+            let w = &self.pool.workers[i];
             let msg = format!(
-                "{} (pid {}) survived SIGKILL for {KILL_WAIT:?}",
-                self.pool.workers[i].describe(),
-                self.pool.workers[i].pid
+                "{} (pid {}) survived SIGKILL for {KILL_WAIT:?}: {}",
+                w.describe(),
+                w.pid,
+                crate::procfs::task_state(w.pid)
             );
             self.env.log(LogLevel::Error, &msg);
         }
