@@ -238,6 +238,7 @@ fn prepare(vm: &VmArgs) -> Result<(Cache, kernel::Kernel, Backend)> {
     if let Some(n) = notice {
         eprintln!("ktstr-host: {n}");
     }
+    crate::vmm::phases::mark_early("kernel_resolved");
     Ok((cache, k, backend))
 }
 

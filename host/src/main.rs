@@ -3,6 +3,7 @@ use ktstr_host::{cli, interrupt};
 
 fn main() {
     let args = cli::Cli::parse();
+    ktstr_host::vmm::phases::mark_early("cli_parsed");
     init_logging(args.verbose);
     interrupt::install();
     let code = match cli::validate(&args).and_then(|()| cli::dispatch(args)) {

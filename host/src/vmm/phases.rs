@@ -49,7 +49,8 @@ fn age() -> Option<Duration> {
     boot_now.checked_sub(started)
 }
 
-/// Instants marked before the VM is built (by the runner: `run_start`, `initramfs_ready`);
+/// Instants marked before the VM is built (`cli_parsed`, `kernel_resolved`, then by the runner
+/// `run_start`, `initramfs_ready`);
 /// every [`Timeline`] made afterwards starts with them, so one report covers the whole path
 /// from process start.
 static EARLY: Mutex<Vec<(&'static str, Instant)>> = Mutex::new(Vec::new());
