@@ -40,6 +40,10 @@ fn run_scenarios(scenarios: &[&str], out: &Path, extra: &[&str]) -> Option<Outpu
 
 struct CatalogRun {
     rows: Vec<Value>,
+    /// The rows as the catalog run printed them, before any rerun.
+    first_pass: Vec<Value>,
+    /// What `--junit` wrote for that run.
+    junit: String,
     exit: Option<i32>,
     /// Some scenario failed in the first pass (before reruns): the exit code must say so.
     first_pass_failed: bool,
@@ -56,8 +60,10 @@ fn catalog() -> Option<&'static CatalogRun> {
         let _ = std::fs::remove_dir_all(&dir);
         let t = Instant::now();
         let before = loadavg();
-        let out = run_scenarios(&["all"], &dir, &[])?;
+        let junit = dir.join("junit.xml");
+        let out = run_scenarios(&["all"], &dir, &["--junit", junit.to_str().unwrap()])?;
         let mut rows = rows(&out);
+        let first_pass = rows.clone();
         let first_pass_failed = rows.iter().any(|r| r["passed"] == false);
         let reruns = rerun_timing_failures(&mut rows, MAX_RERUNS, |row| {
             let out = run_scenarios(&[row["scenario"].as_str()?], &dir, &[])?;
@@ -69,7 +75,15 @@ fn catalog() -> Option<&'static CatalogRun> {
             t.elapsed().as_secs_f64(),
             dir.display()
         );
-        Some(CatalogRun { rows, exit: out.status.code(), first_pass_failed, load: (before, loadavg()) })
+        let junit = std::fs::read_to_string(&junit).unwrap_or_default();
+        Some(CatalogRun {
+            rows,
+            first_pass,
+            junit,
+            exit: out.status.code(),
+            first_pass_failed,
+            load: (before, loadavg()),
+        })
     })
     .as_ref()
 }
@@ -129,6 +143,25 @@ fn whole_catalog_passes_under_eevdf() {
         for name in ["run_completed", "not_starved", "max_gap", "telemetry", "guest_errors"] {
             assert_eq!(check(row, name)["skipped"], false, "{} {name}", row["scenario"]);
         }
+    }
+}
+
+/// `--junit` on the catalog run: one test case per scenario in an `eevdf` suite, a failure
+/// element exactly for the runs that failed, with their failed checks named.
+#[test]
+fn catalog_results_are_also_written_as_junit() {
+    let Some(run) = catalog() else { return };
+    let xml = &run.junit;
+    assert!(xml.starts_with("<?xml") && xml.contains(r#"<testsuite name="eevdf""#), "{xml}");
+    assert_eq!(xml.matches("<testcase ").count(), run.first_pass.len(), "{xml}");
+    let failed: Vec<&Value> = run.first_pass.iter().filter(|r| r["passed"] == false).collect();
+    assert_eq!(xml.matches("<failure ").count(), failed.len(), "{xml}");
+    for r in failed {
+        let name = r["scenario"].as_str().unwrap();
+        assert!(xml.contains(&format!(r#"<testcase name="{name}" classname="ktstr.eevdf""#)), "{name}: {xml}");
+    }
+    for r in &run.first_pass {
+        assert!(xml.contains(&format!("record: {}", r["record"].as_str().unwrap())), "{xml}");
     }
 }
 
@@ -306,6 +339,9 @@ fn bad_scenario_files_fail_before_booting_with_file_line_col() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("--scheduler /no/such/scx_sched: cannot read"), "{}", text(&out.stderr));
     assert!(out.stdout.is_empty(), "refused before any VM");
+    let out = run_cmd(&["run", "--junit", "j.xml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--junit j.xml: JUnit reports scenario runs; add --scenario"), "{out:?}");
 }
 
 /// The rerun rule on synthetic rows (no VM): only rows that failed on timing checks alone are

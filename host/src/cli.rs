@@ -325,9 +325,15 @@ fn run_scenarios(args: RunArgs) -> Result<i32> {
             }
             rows.push(row);
             if crate::interrupt::interrupted() {
+                if let Some(path) = &args.scenario.junit {
+                    crate::junit::write(&rows, path)?;
+                }
                 return Err(crate::interrupt::Interrupted.into());
             }
         }
+    }
+    if let Some(path) = &args.scenario.junit {
+        crate::junit::write(&rows, path)?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -539,6 +545,12 @@ pub fn validate(cli: &Cli) -> Result<()> {
         && b.jobs == Some(0)
     {
         bail!("--jobs 0: give at least 1 (default: all CPUs)");
+    }
+    if let Command::Run(r) = &cli.command
+        && r.scenario.scenarios.is_empty()
+        && let Some(path) = &r.scenario.junit
+    {
+        bail!("--junit {}: JUnit reports scenario runs; add --scenario NAME (or all)", path.display());
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ pub mod collect;
 pub mod image;
 pub mod init_binary;
 pub mod interrupt;
+pub mod junit;
 pub mod kernel;
 pub mod progress;
 pub mod record;

@@ -42,6 +42,10 @@ pub struct ScenarioArgs {
     /// Where run records go: DIR/<run-id>/record.json and verdict.json
     #[arg(long, default_value = "target/ktstr", value_name = "DIR")]
     pub out_dir: PathBuf,
+    /// Also write the results as JUnit XML to FILE (one suite per scheduler, one test case per
+    /// scenario, failed checks in the failure); written when the runs end or are interrupted
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
     #[command(flatten)]
     pub thresholds: Overrides,
 }
