@@ -64,10 +64,8 @@ fn catalog_names() -> Vec<String> {
 /// found a scheduler bug (the run fails, naming the worker and its state), so the tests name
 /// it instead of failing on it; any other failure under flatcg still fails them.
 fn known_flatcg_stall(row: &Value) -> bool {
-    let failed: Vec<&Value> =
-        row["verdict"]["checks"].as_array().unwrap().iter().filter(|c| c["passed"] == false).collect();
     row["scheduler"] == "scx_flatcg"
-        && matches!(failed.as_slice(), [c] if c["name"] == "guest_errors"
+        && matches!(failed_checks(row).as_slice(), [c] if c["name"] == "guest_errors"
             && c["detail"].as_str().unwrap().contains("survived SIGKILL for 2s: state R (runnable, yet the scheduler did not run it)"))
 }
 

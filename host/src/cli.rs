@@ -307,7 +307,7 @@ fn run_scenarios(args: RunArgs) -> Result<i32> {
     let schedulers = args.scenario.resolve_schedulers(&cache, &k)?;
     let attach = args.scenario.attach_timeout();
     let mut rows = Vec::new();
-    for sched in &schedulers {
+    'runs: for sched in &schedulers {
         if !args.json {
             println!("\nscheduler {}", sched.label());
             println!("{}", report::scenario_header());
@@ -325,15 +325,16 @@ fn run_scenarios(args: RunArgs) -> Result<i32> {
             }
             rows.push(row);
             if crate::interrupt::interrupted() {
-                if let Some(path) = &args.scenario.junit {
-                    crate::junit::write(&rows, path)?;
-                }
-                return Err(crate::interrupt::Interrupted.into());
+                break 'runs;
             }
         }
     }
+    // Also after Ctrl-C: CI still gets the runs that finished.
     if let Some(path) = &args.scenario.junit {
         crate::junit::write(&rows, path)?;
+    }
+    if crate::interrupt::interrupted() {
+        return Err(crate::interrupt::Interrupted.into());
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -25,7 +25,8 @@ pub fn detail<'a>(row: &'a Value, name: &str) -> &'a str {
     check(row, name)["detail"].as_str().unwrap()
 }
 
-fn failed_checks(row: &Value) -> Vec<&Value> {
+/// The checks of a row that failed.
+pub fn failed_checks(row: &Value) -> Vec<&Value> {
     row["verdict"]["checks"].as_array().map_or(Vec::new(), |c| c.iter().filter(|c| c["passed"] == false).collect())
 }
 
