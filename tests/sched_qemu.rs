@@ -73,16 +73,18 @@ const KNOWN_SCHEDULER_BUGS: &[(&str, &str, &str)] = &[
     ("scx_central", "cannot move migration disabled", "a migration-disabled task sent to another CPU"),
 ];
 
-/// The known scheduler bug `row` failed with, if that is all it failed with.
+/// The known scheduler bug `row` failed with: its `scheduler` check (the kernel's reason for
+/// disabling it; what follows from that, such as steps never applied, is its consequence) or,
+/// when that passed, its only failure, `guest_errors`, names it.
 fn known_scheduler_bug(row: &Value) -> Option<&'static str> {
     let failed = failed_checks(row);
-    let allowed = ["run_completed", "scheduler", "guest_errors"];
-    if failed.is_empty() || !failed.iter().all(|c| allowed.iter().any(|a| c["name"] == *a)) {
-        return None;
-    }
+    let telling: Vec<&&Value> = match failed.iter().find(|c| c["name"] == "scheduler") {
+        Some(c) => vec![c],
+        None => failed.iter().filter(|c| c["name"] == "guest_errors" && failed.len() == 1).collect(),
+    };
     KNOWN_SCHEDULER_BUGS.iter().find_map(|(sched, text, what)| {
         let hit = row["scheduler"].as_str().is_some_and(|s| s.starts_with(sched))
-            && failed.iter().any(|c| c["detail"].as_str().is_some_and(|d| d.contains(text)));
+            && telling.iter().any(|c| c["detail"].as_str().is_some_and(|d| d.contains(text)));
         hit.then_some(*what)
     })
 }
