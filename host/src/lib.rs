@@ -3,8 +3,8 @@
 //! One module per stage of a run (see DESIGN.md): `kernel` resolves and builds guest
 //! kernels, `image` makes initramfs archives, `backend` boots them.
 
+pub mod app;
 pub mod backend;
-pub mod cli;
 pub mod collect;
 pub mod image;
 pub mod init_binary;
@@ -17,6 +17,7 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod sched;
+pub mod spec;
 pub mod topo;
 pub mod verdict;
 pub mod vmm;

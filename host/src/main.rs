@@ -1,5 +1,6 @@
 use clap::Parser;
-use ktstr_host::{cli, interrupt};
+use ktstr_host::app::cli;
+use ktstr_host::interrupt;
 
 fn main() {
     let args = cli::Cli::parse();

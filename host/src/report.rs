@@ -5,65 +5,14 @@ use crate::collect::End;
 use crate::kernel::Kernel;
 use crate::runner::{RunOutput, RunRequest};
 use crate::sched::SchedulerUnderTest;
-use ktstr_shared::wire::{EXIT_TIMED_OUT, Outcome};
+use ktstr_shared::wire::Outcome;
 use serde::Serialize;
 
-/// Exit code when the guest kernel or init panicked, or the VM died without a result.
-pub const EXIT_GUEST_DIED: i32 = 255;
-/// Exit code when the run was interrupted (Ctrl-C).
-pub const EXIT_INTERRUPTED: i32 = crate::interrupt::EXIT_INTERRUPTED;
-
-/// What went wrong with a VM run, if anything, before looking at the command's own status.
-fn failure(out: &RunOutput) -> Option<(i32, String)> {
-    let c = &out.collected;
-    let console_tail = || c.console.last_lines(15);
-    if matches!(c.end, End::Interrupted) {
-        return Some((EXIT_INTERRUPTED, "interrupted; the VM was torn down".into()));
-    }
-    if let Some(p) = &c.init_panic {
-        return Some((EXIT_GUEST_DIED, format!("guest init failed: {p}")));
-    }
-    // After Bye the run is complete: a panic then is shutdown noise (a guest without an
-    // ACPI power-off turns the init's exit into "Attempted to kill init").
-    if let Some(p) = c.console.kernel_panic().filter(|_| c.bye.is_none()) {
-        return Some((EXIT_GUEST_DIED, format!("guest kernel panic:\n{p}")));
-    }
-    if let End::Timeout(t) = c.end
-        && c.result.is_none()
-    {
-        let msg = format!(
-            "timed out: the VM did not finish within {:.0} s; last console lines:\n{}",
-            t.as_secs_f64(),
-            console_tail()
-        );
-        return Some((EXIT_TIMED_OUT, msg));
-    }
-    if c.result.is_none() {
-        let how = match &c.end {
-            End::Exited(e) => format!(
-                "{}{}",
-                e.detail,
-                if e.stderr.is_empty() { String::new() } else { format!(": {}", e.stderr.trim()) }
-            ),
-            _ => String::new(),
-        };
-        let hello = if c.hello.is_some() { "after the init started" } else { "before the init said Hello" };
-        return Some((
-            EXIT_GUEST_DIED,
-            format!("the VM stopped {hello} without a result ({how}); last console lines:\n{}", console_tail()),
-        ));
-    }
-    None
-}
-
-/// Why a VM run failed before its plan could finish (interrupt, panic, timeout, VM died).
-pub fn vm_problem(out: &RunOutput) -> Option<String> {
-    failure(out).map(|(_, msg)| msg)
-}
+pub use crate::runner::{EXIT_GUEST_DIED, EXIT_INTERRUPTED};
 
 /// `exec`'s exit code and an optional message for stderr.
 pub fn exec_status(out: &RunOutput) -> (i32, Option<String>) {
-    if let Some((code, msg)) = failure(out) {
+    if let Some((code, msg)) = out.failure() {
         return (code, Some(msg));
     }
     let r = out.collected.result.as_ref().expect("failure() checked the result");
@@ -144,7 +93,8 @@ impl RunSummary {
     pub fn new(k: &Kernel, req: &RunRequest, out: &RunOutput, sched: &SchedulerUnderTest) -> Self {
         let c = &out.collected;
         let topology_check = (!c.topology.is_empty()).then(|| crate::topo::check(&req.topology, &c.topology));
-        let problem = failure(out)
+        let problem = out
+            .failure()
             .map(|(_, m)| m)
             .or_else(|| match &c.result.as_ref()?.outcome {
                 Outcome::SchedulerFailed { reason } => Some(format!("scheduler failed: {reason}")),

@@ -2,10 +2,19 @@
 //! supervise, and hand back what was collected.
 
 use crate::backend::{self, Backend, Machine, VmSpec};
+use crate::collect::End;
 use crate::collect::{self, Collected};
 use crate::image::{self, InitramfsBuilder};
 use crate::init_binary::KTSTR_INIT;
 use crate::kernel::{Kernel, cache::Cache};
+pub use crate::spec::GuestFile;
+use ktstr_shared::wire::EXIT_TIMED_OUT;
+
+/// Exit code when the guest kernel or init panicked, or the VM died without a result.
+pub const EXIT_GUEST_DIED: i32 = 255;
+/// Exit code when the run was interrupted (Ctrl-C).
+pub const EXIT_INTERRUPTED: i32 = crate::interrupt::EXIT_INTERRUPTED;
+
 use anyhow::{Context, Result, bail};
 use ktstr_shared::plan::RunPlan;
 use ktstr_shared::topology::Topology;
@@ -28,40 +37,6 @@ pub struct RunRequest {
     pub stream_output: bool,
     /// Overrides the VM's hard timeout (plan deadline + boot allowance).
     pub vm_timeout: Option<Duration>,
-}
-
-/// A host file (or directory, recursively) and where it goes in the guest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GuestFile {
-    pub host: PathBuf,
-    pub guest: String,
-}
-
-impl GuestFile {
-    /// The file at the same path in the guest.
-    pub fn same_path(host: PathBuf) -> Result<Self> {
-        let guest = host.to_str().with_context(|| format!("{}: not a UTF-8 path", host.display()))?.to_string();
-        Ok(GuestFile { host, guest })
-    }
-
-    /// `HOST[:GUEST]`; GUEST defaults to `/include/<file name>`.
-    pub fn parse(spec: &str) -> Result<Self> {
-        let (host, guest) = match spec.split_once(':') {
-            Some((h, g)) => (h, g.to_string()),
-            None => {
-                let name = Path::new(spec).file_name().with_context(|| format!("--include {spec}: no file name"))?;
-                (spec, format!("/include/{}", name.to_string_lossy()))
-            }
-        };
-        if !guest.starts_with('/') {
-            bail!("--include {spec}: the guest path {guest} must be absolute");
-        }
-        let host = PathBuf::from(host);
-        if !host.exists() {
-            bail!("--include {spec}: {} does not exist on the host", host.display());
-        }
-        Ok(GuestFile { host, guest })
-    }
 }
 
 /// Adds `f` (a directory recursively); pushes every directory walked onto `walked`, since what
@@ -90,6 +65,56 @@ pub struct RunOutput {
     pub initrd_bytes: u64,
     /// The hard timeout that applied to the whole VM.
     pub timeout: Duration,
+}
+
+impl RunOutput {
+    /// What went wrong with a VM run, if anything, before looking at the command's own status.
+    pub fn failure(&self) -> Option<(i32, String)> {
+        let c = &self.collected;
+        let console_tail = || c.console.last_lines(15);
+        if matches!(c.end, End::Interrupted) {
+            return Some((EXIT_INTERRUPTED, "interrupted; the VM was torn down".into()));
+        }
+        if let Some(p) = &c.init_panic {
+            return Some((EXIT_GUEST_DIED, format!("guest init failed: {p}")));
+        }
+        // After Bye the run is complete: a panic then is shutdown noise (a guest without an
+        // ACPI power-off turns the init's exit into "Attempted to kill init").
+        if let Some(p) = c.console.kernel_panic().filter(|_| c.bye.is_none()) {
+            return Some((EXIT_GUEST_DIED, format!("guest kernel panic:\n{p}")));
+        }
+        if let End::Timeout(t) = c.end
+            && c.result.is_none()
+        {
+            let msg = format!(
+                "timed out: the VM did not finish within {:.0} s; last console lines:\n{}",
+                t.as_secs_f64(),
+                console_tail()
+            );
+            return Some((EXIT_TIMED_OUT, msg));
+        }
+        if c.result.is_none() {
+            let how = match &c.end {
+                End::Exited(e) => format!(
+                    "{}{}",
+                    e.detail,
+                    if e.stderr.is_empty() { String::new() } else { format!(": {}", e.stderr.trim()) }
+                ),
+                _ => String::new(),
+            };
+            let hello = if c.hello.is_some() { "after the init started" } else { "before the init said Hello" };
+            return Some((
+                EXIT_GUEST_DIED,
+                format!("the VM stopped {hello} without a result ({how}); last console lines:\n{}", console_tail()),
+            ));
+        }
+        None
+    }
+
+    /// Why a VM run failed before its plan could finish (interrupt, panic, timeout, VM died).
+    pub fn vm_problem(&self) -> Option<String> {
+        self.failure().map(|(_, msg)| msg)
+    }
 }
 
 /// Time the guest gets beyond the plan's own deadline: boot and teardown under emulation.

@@ -8,7 +8,7 @@
 //! - [`timeline`]: where each worker may run at each point of a scenario, for the verdict.
 
 pub mod catalog;
-pub mod cmd;
+
 pub mod cpuset;
 mod file;
 pub mod timeline;

@@ -4,7 +4,6 @@
 //! shared libraries are all found (they go into the guest with it).
 
 pub mod build;
-pub mod cmd;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,8 +13,8 @@ use ktstr_shared::plan::SchedPlan;
 
 use crate::kernel::Kernel;
 use crate::kernel::cache::Cache;
-use crate::record::{SchedulerInfo, SchedulerKind};
-use crate::runner::GuestFile;
+use crate::spec::GuestFile;
+use crate::spec::{SchedulerInfo, SchedulerKind};
 
 /// Where scheduler binaries go in the guest.
 pub const GUEST_DIR: &str = "/ktstr/sched";

@@ -2,10 +2,10 @@
 
 use anyhow::Result;
 
-use crate::cli::KernelSel;
+use crate::app::cli::KernelSel;
 use crate::kernel::{self, cache::Cache};
 
-use super::build;
+use crate::sched::build;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum SchedCmd {

@@ -1,10 +1,10 @@
 //! The `ktstr-host` command line.
 
+use crate::app::scenario::{ExplainArgs, JudgeArgs, ListArgs, ScenarioArgs};
 use crate::backend::{self, Backend, BackendChoice};
 use crate::kernel::{self, cache::Cache, kconfig::Flavour, source::SourceSpec};
 use crate::report;
 use crate::runner::{self, GuestFile, RunRequest};
-use crate::scenario::cmd::{ExplainArgs, JudgeArgs, ListArgs, ScenarioArgs};
 use anyhow::{Context, Result, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use ktstr_shared::plan::{ExecPlan, RunPlan};
@@ -55,7 +55,7 @@ pub enum Command {
     Kernel(KernelCmd),
     /// Build and list the in-tree sched_ext schedulers (cached per kernel)
     #[command(subcommand)]
-    Sched(crate::sched::cmd::SchedCmd),
+    Sched(crate::app::sched::SchedCmd),
     /// Print this host's CPU topology, a spec's or preset's mapping (with APIC IDs), or
     /// `topo list`: the presets
     Topo(crate::topo::TopoArgs),
@@ -212,12 +212,12 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Run(args) if !args.scenario.scenarios.is_empty() => run_scenarios(args),
         Command::Run(args) => run(args),
-        Command::List(args) => crate::scenario::cmd::list(&args),
-        Command::Explain(args) => crate::scenario::cmd::explain(&args),
-        Command::Judge(args) => crate::scenario::cmd::judge(&args),
+        Command::List(args) => crate::app::scenario::list(&args),
+        Command::Explain(args) => crate::app::scenario::explain(&args),
+        Command::Judge(args) => crate::app::scenario::judge(&args),
         Command::Exec(args) => exec(args),
         Command::Kernel(cmd) => kernel_cmd(cmd),
-        Command::Sched(cmd) => crate::sched::cmd::command(&cache()?, cmd),
+        Command::Sched(cmd) => crate::app::sched::command(&cache()?, cmd),
         Command::Topo(args) => crate::topo::command(&args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "ktstr-host", &mut std::io::stdout());
@@ -302,7 +302,7 @@ fn run(args: RunArgs) -> Result<i32> {
 /// `run --scenario ...`: one VM per (scheduler, scenario), scheduler by scheduler; a table
 /// row as each finishes.
 fn run_scenarios(args: RunArgs) -> Result<i32> {
-    let resolved = crate::scenario::cmd::resolve_all(&args.scenario, &args.vm.topology)?;
+    let resolved = crate::app::scenario::resolve_all(&args.scenario, &args.vm.topology)?;
     let (cache, k, backend) = prepare(&args.vm)?;
     let schedulers = args.scenario.resolve_schedulers(&cache, &k)?;
     let attach = args.scenario.attach_timeout();
@@ -319,7 +319,7 @@ fn run_scenarios(args: RunArgs) -> Result<i32> {
             let files = sched.guest_file().into_iter().collect();
             let req = request(&args.vm, k.clone(), backend, plan, files);
             let out = runner::run(&cache, &req)?;
-            let row = crate::scenario::cmd::finish(r, sched, &k, &req, out, &args.scenario)?;
+            let row = crate::app::scenario::finish(r, sched, &k, &req, out, &args.scenario)?;
             if !args.json {
                 println!("{}", report::scenario_line(&row));
             }

@@ -2,9 +2,10 @@
 //! (everything the guest sends is untrusted: bounded, checked), enforces the hard timeout and
 //! Ctrl-C, and returns what happened as a [`Collected`].
 
+use self::telemetry::Telemetry;
 use crate::backend::{Machine, MachineExit};
 use crate::interrupt;
-use crate::record::Telemetry;
+pub mod telemetry;
 use ktstr_shared::wire::{DecodeStats, FrameDecoder, GuestMsg, Hello, LogLevel, RunResult, Stream};
 use std::io::{Read, Write};
 use std::sync::mpsc;
