@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use ktstr_shared::scenario::{Op, Scenario};
 use ktstr_shared::topology::Topology;
 
+use crate::app::thresholds::ThresholdArgs;
 use crate::backend::{Accel, Backend};
 use crate::kernel::Kernel;
 use crate::record::{self, KernelInfo, RunMeta, RunRecord};
@@ -47,7 +48,7 @@ pub struct ScenarioArgs {
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
     #[command(flatten)]
-    pub thresholds: Overrides,
+    pub thresholds: ThresholdArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -71,7 +72,7 @@ pub struct ExplainArgs {
     #[arg(long, default_value_t = 1.0, value_name = "F")]
     pub duration_scale: f64,
     #[command(flatten)]
-    pub thresholds: Overrides,
+    pub thresholds: ThresholdArgs,
     /// Print JSON
     #[arg(long)]
     pub json: bool,
@@ -83,7 +84,7 @@ pub struct JudgeArgs {
     #[arg(value_name = "RECORD")]
     pub record: PathBuf,
     #[command(flatten)]
-    pub thresholds: Overrides,
+    pub thresholds: ThresholdArgs,
     /// Print the verdict as JSON
     #[arg(long)]
     pub json: bool,
@@ -153,7 +154,7 @@ pub fn finish(
         kernel_append: req.append.clone(),
     };
     let rec = RunRecord::from_run(meta, out);
-    let verdict = verdict::judge(&rec, &Thresholds::for_record(&rec, &args.thresholds));
+    let verdict = verdict::judge(&rec, &Thresholds::for_record(&rec, &args.thresholds.overrides()));
     let dir = record::run_dir(&args.out_dir, &rec.meta.run_id)?;
     record::write_json(&dir.join("record.json"), &rec, false)?;
     record::write_json(&dir.join("verdict.json"), &verdict, true)?;
@@ -221,7 +222,7 @@ fn indent(text: &str, n: usize) -> String {
 /// `ktstr-host judge RECORD`.
 pub fn judge(args: &JudgeArgs) -> Result<i32> {
     let rec = RunRecord::read(&args.record)?;
-    let v = verdict::judge(&rec, &Thresholds::for_record(&rec, &args.thresholds));
+    let v = verdict::judge(&rec, &Thresholds::for_record(&rec, &args.thresholds.overrides()));
     if args.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -270,14 +271,16 @@ pub fn explain(args: &ExplainArgs) -> Result<i32> {
         }
     };
     let (thresholds, source) = match (&resolved, &record) {
-        (_, Some((rec, path))) => recorded_thresholds(rec, path, &args.thresholds)?,
+        (_, Some((rec, path))) => recorded_thresholds(rec, path, &args.thresholds.overrides())?,
         (Some(r), None) => {
-            let th = Thresholds::resolve(&r.expect, &args.thresholds, false);
+            let th = Thresholds::resolve(&r.expect, &args.thresholds.overrides(), false);
             let src = "defaults, then the scenario's [expect], then the command line; under TCG emulation spread and p99 \
                        limits not given on the command line are multiplied by the emulation slack";
             (th, src.to_string())
         }
-        (None, None) => (Thresholds::resolve(&Default::default(), &args.thresholds, false), "defaults".to_string()),
+        (None, None) => {
+            (Thresholds::resolve(&Default::default(), &args.thresholds.overrides(), false), "defaults".to_string())
+        }
     };
     let info = resolved.as_ref().map(|r| &r.info).or(record.as_ref().map(|(rec, _)| &rec.meta.scenario));
     let plan = resolved.as_ref().map(|r| &r.scenario).or(record.as_ref().map(|(rec, _)| &rec.meta.plan));
