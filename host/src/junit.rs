@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 
 use crate::report::ScenarioRow;
+use crate::verdict::Status;
 
 /// The report of `rows`, suites in the order their schedulers first appear.
 pub fn report(rows: &[ScenarioRow]) -> Report {
@@ -28,22 +29,36 @@ pub fn report(rows: &[ScenarioRow]) -> Report {
 }
 
 fn test_case(row: &ScenarioRow) -> TestCase {
-    let status = if row.passed {
-        TestCaseStatus::success()
-    } else {
-        let failed: Vec<_> = row.verdict.failures().collect();
-        let names: Vec<&str> = failed.iter().map(|c| c.name.as_str()).collect();
-        let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
-        s.set_message(format!("failed checks: {}", names.join(", ")));
-        s.set_type("verdict");
-        s.set_description(failed.iter().map(|c| format!("{}: {}", c.name, c.detail)).collect::<Vec<_>>().join("\n"));
-        s
+    let status = match row.status {
+        Status::Pass => TestCaseStatus::success(),
+        Status::NotJudged => {
+            let mut s = TestCaseStatus::skipped();
+            s.set_message("not judged: no check had anything to inspect");
+            s.set_description(not_judged_lines(row));
+            s
+        }
+        Status::Fail => {
+            let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+            s.set_message(format!("failed checks: {}", row.failed_names().join(", ")));
+            s.set_type(if row.verdict.is_some() && row.error.is_none() { "verdict" } else { "run" });
+            let failed = row.verdict.iter().flat_map(|v| v.failures()).map(|c| format!("{}: {}", c.name, c.detail));
+            s.set_description(row.error.iter().cloned().chain(failed).collect::<Vec<_>>().join("\n"));
+            s
+        }
     };
     let mut case = TestCase::new(row.scenario.as_str(), status);
     case.set_classname(format!("ktstr.{}", row.scheduler));
     case.set_time(std::time::Duration::from_secs_f64(row.wall_s.max(0.0)));
-    case.set_system_out(format!("record: {}", row.record.display()));
+    let record = row.record.as_ref().map_or("none".into(), |p| p.display().to_string());
+    let not_judged = not_judged_lines(row);
+    let sep = if not_judged.is_empty() { "" } else { "\nnot judged:\n" };
+    case.set_system_out(format!("record: {record}{sep}{not_judged}"));
     case
+}
+
+/// One line per check that was not judged, with its reason.
+fn not_judged_lines(row: &ScenarioRow) -> String {
+    row.not_judged().map(|c| format!("{}: {}", c.name, c.detail)).collect::<Vec<_>>().join("\n")
 }
 
 /// Writes the report of `rows` to `path` through a temp file in the same directory, so a
@@ -70,32 +85,79 @@ pub fn write(rows: &[ScenarioRow], path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::verdict::Status;
     use crate::verdict::{Check, KeyNumbers, Thresholds, Verdict};
 
-    /// A row with made-up checks (no VM): `failed` names the failed checks.
-    fn fake_row(scenario: &str, scheduler: &str, failed: &[&str]) -> ScenarioRow {
-        let check = |name: &str| Check {
-            name: name.into(),
-            passed: !failed.contains(&name),
-            skipped: false,
-            detail: format!("{name} <detail> & more"),
+    /// A row with made-up checks (no VM): `failed` names the failed checks, `unjudged` those
+    /// not judged.
+    fn fake_row_with(scenario: &str, scheduler: &str, failed: &[&str], unjudged: &[&str]) -> ScenarioRow {
+        let check = |name: &str| {
+            let status = if failed.contains(&name) {
+                Status::Fail
+            } else if unjudged.contains(&name) {
+                Status::NotJudged
+            } else {
+                Status::Pass
+            };
+            Check {
+                name: name.into(),
+                status,
+                passed: status != Status::Fail,
+                skipped: status == Status::NotJudged,
+                detail: format!("{name} <detail> & more"),
+            }
+        };
+        let checks = vec![check("run_completed"), check("fairness"), check("max_gap")];
+        let status = if !failed.is_empty() {
+            Status::Fail
+        } else if unjudged.contains(&"max_gap") {
+            Status::NotJudged
+        } else {
+            Status::Pass
         };
         let verdict = Verdict {
             scenario: scenario.into(),
             run_id: "r".into(),
-            passed: failed.is_empty(),
-            checks: vec![check("run_completed"), check("fairness"), check("max_gap")],
+            status,
+            passed: status == Status::Pass,
+            checks,
             thresholds: Thresholds::default(),
             numbers: KeyNumbers::default(),
         };
-        ScenarioRow {
-            scenario: scenario.into(),
-            scheduler: scheduler.into(),
-            passed: failed.is_empty(),
-            record: format!("/out/{scenario}/record.json").into(),
-            wall_s: 6.25,
-            verdict,
-        }
+        let record = Some(format!("/out/{scenario}/record.json").into());
+        ScenarioRow::judged(scenario, scheduler.into(), verdict, record, 6.25, None)
+    }
+
+    fn fake_row(scenario: &str, scheduler: &str, failed: &[&str]) -> ScenarioRow {
+        fake_row_with(scenario, scheduler, failed, &[])
+    }
+
+    #[test]
+    fn fake_rows_not_judged_is_skipped_and_a_vm_that_did_not_run_is_a_failure() {
+        let rows = [
+            fake_row_with("basic_spin", "eevdf", &[], &["fairness"]),
+            fake_row_with("idle", "eevdf", &[], &["fairness", "max_gap"]),
+            ScenarioRow::failed("cgroup_move", "eevdf".into(), "the VM could not run: no QEMU".into()),
+        ];
+        assert_eq!(rows.map(|r| r.status), [Status::Pass, Status::NotJudged, Status::Fail]);
+        let rows = [
+            fake_row_with("basic_spin", "eevdf", &[], &["fairness"]),
+            fake_row_with("idle", "eevdf", &[], &["fairness", "max_gap"]),
+            ScenarioRow::failed("cgroup_move", "eevdf".into(), "the VM could not run: no QEMU".into()),
+        ];
+        let xml = report(&rows).to_string().unwrap();
+        assert!(xml.contains(r#"tests="3" failures="1""#), "{xml}");
+        assert!(xml.contains(r#"<skipped message="not judged: no check had anything to inspect">"#), "{xml}");
+        // A passing run still names its unjudged checks.
+        assert!(
+            xml.contains("<system-out>record: /out/basic_spin/record.json\nnot judged:\nfairness: fairness"),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(r#"<failure message="failed checks: vm" type="run">the VM could not run: no QEMU"#),
+            "{xml}"
+        );
+        assert!(xml.contains("<system-out>record: none</system-out>"), "{xml}");
     }
 
     #[test]

@@ -8,6 +8,8 @@ use crate::sched::SchedulerUnderTest;
 use ktstr_shared::wire::Outcome;
 use serde::Serialize;
 
+use crate::verdict::{Check, Status, Verdict};
+
 pub use crate::runner::{EXIT_GUEST_DIED, EXIT_INTERRUPTED};
 
 /// `exec`'s exit code and an optional message for stderr.
@@ -167,37 +169,100 @@ impl RunSummary {
     }
 }
 
-/// One scenario run, for the `run --scenario` table and `--json`.
+/// One scenario run, for the `run --scenario` table and `--json`. A run whose VM could not
+/// start, or whose record could not be written, is a failed row carrying the reason, so a
+/// matrix always completes.
 #[derive(Debug, Serialize)]
 pub struct ScenarioRow {
     pub scenario: String,
     /// The scheduler under test, with its arguments.
     pub scheduler: String,
+    pub status: Status,
     pub passed: bool,
-    /// Where its record.json went (verdict.json beside it).
-    pub record: std::path::PathBuf,
+    /// Where its record.json went (verdict.json beside it); none when no record was written.
+    pub record: Option<std::path::PathBuf>,
     /// Host time for the whole VM run.
     pub wall_s: f64,
-    pub verdict: crate::verdict::Verdict,
+    /// None when the VM could not run.
+    pub verdict: Option<Verdict>,
+    /// Why the row failed outside the verdict (VM did not start, record not written).
+    pub error: Option<String>,
+}
+
+impl ScenarioRow {
+    /// A judged run; `error` (e.g. the record could not be written) fails it whatever the verdict.
+    pub fn judged(
+        scenario: &str,
+        scheduler: String,
+        verdict: Verdict,
+        record: Option<std::path::PathBuf>,
+        wall_s: f64,
+        error: Option<String>,
+    ) -> Self {
+        let status = if error.is_some() { Status::Fail } else { verdict.status };
+        ScenarioRow {
+            scenario: scenario.into(),
+            scheduler,
+            status,
+            passed: status == Status::Pass,
+            record,
+            wall_s,
+            verdict: Some(verdict),
+            error,
+        }
+    }
+
+    /// A run that produced no verdict.
+    pub fn failed(scenario: &str, scheduler: String, error: String) -> Self {
+        ScenarioRow {
+            scenario: scenario.into(),
+            scheduler,
+            status: Status::Fail,
+            passed: false,
+            record: None,
+            wall_s: 0.0,
+            verdict: None,
+            error: Some(error),
+        }
+    }
+
+    /// Names of the failed checks, or what failed outside the verdict.
+    pub fn failed_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.verdict.iter().flat_map(|v| v.failures()).map(|c| c.name.as_str()).collect();
+        if self.error.is_some() {
+            names.insert(0, if self.verdict.is_some() { "record" } else { "vm" });
+        }
+        names
+    }
+
+    /// Checks that were not judged.
+    pub fn not_judged(&self) -> impl Iterator<Item = &Check> {
+        self.verdict.iter().flat_map(|v| v.checks.iter()).filter(|c| c.status == Status::NotJudged)
+    }
 }
 
 /// The header of the scenario table.
 pub fn scenario_header() -> String {
     format!(
-        "{:<26} {:<7} {:>7} {:>10} {:>9} {:>8} {:>9} {:>6} {:>6}  FAILED CHECKS",
+        "{:<26} {:<10} {:>7} {:>10} {:>9} {:>8} {:>9} {:>6} {:>6}  FAILED CHECKS",
         "SCENARIO", "VERDICT", "WORKERS", "UNITS", "MAX GAP", "SPREAD", "P99 WAKE", "RATIO", "TIME"
     )
 }
 
 /// One table line: the scenario, its verdict and its key numbers.
 pub fn scenario_line(row: &ScenarioRow) -> String {
-    let n = &row.verdict.numbers;
+    let n = row.verdict.as_ref().map(|v| v.numbers.clone()).unwrap_or_default();
     let opt = |v: Option<f64>, unit: &str, prec: usize| v.map_or("-".into(), |v| format!("{v:.prec$}{unit}"));
-    let failed: Vec<&str> = row.verdict.failures().map(|c| c.name.as_str()).collect();
+    let not_judged = row.not_judged().count();
+    let tail = match (row.failed_names(), not_judged) {
+        (f, 0) => f.join(", "),
+        (f, n) if f.is_empty() => format!("({n} not judged)"),
+        (f, n) => format!("{} ({n} not judged)", f.join(", ")),
+    };
     format!(
-        "{:<26} {:<7} {:>7} {:>10} {:>9} {:>8} {:>9} {:>6} {:>5.0}s  {}",
+        "{:<26} {:<10} {:>7} {:>10} {:>9} {:>8} {:>9} {:>6} {:>5.0}s  {}",
         row.scenario,
-        if row.passed { "PASS" } else { "FAIL" },
+        row.status.word(),
         n.workers,
         n.units,
         opt(n.max_gap_ms, "ms", 0),
@@ -205,29 +270,38 @@ pub fn scenario_line(row: &ScenarioRow) -> String {
         opt(n.p99_wake_us, "us", 0),
         opt(n.cpu_ratio, "", 2),
         row.wall_s,
-        failed.join(", ")
+        tail
     )
 }
 
-/// The failures of every failed scenario, after the table.
+/// The failures of every row that did not pass, after the table.
 pub fn print_scenario_failures(rows: &[ScenarioRow]) {
     for row in rows.iter().filter(|r| !r.passed) {
-        println!("\n{} under {} FAILED ({}):", row.scenario, row.scheduler, row.record.display());
-        for c in row.verdict.failures() {
+        let at = row.record.as_ref().map_or("no record".into(), |p| p.display().to_string());
+        println!("\n{} under {} {} ({at}):", row.scenario, row.scheduler, row.status.word());
+        if let Some(e) = &row.error {
+            println!("  {}: {e}", if row.verdict.is_some() { "record" } else { "vm" });
+        }
+        for c in row.verdict.iter().flat_map(|v| v.failures()) {
             println!("  {}: {}", c.name, c.detail);
+        }
+        if row.status == Status::NotJudged {
+            for c in row.not_judged() {
+                println!("  not judged: {}: {}", c.name, c.detail);
+            }
         }
     }
 }
 
 /// Every check of a verdict, one per line, and the overall result.
-pub fn print_verdict(v: &crate::verdict::Verdict) {
+pub fn print_verdict(v: &Verdict) {
     for c in &v.checks {
-        let status = match (c.passed, c.skipped) {
-            (false, _) => "FAIL",
-            (true, true) => "skip",
-            (true, false) => "pass",
+        let status = match c.status {
+            Status::Fail => "FAIL",
+            Status::NotJudged => "not judged",
+            Status::Pass => "pass",
         };
-        println!("  {status}  {:<18} {}", c.name, c.detail);
+        println!("  {status:<10}  {:<18} {}", c.name, c.detail);
     }
-    println!("verdict: {}", if v.passed { "PASS" } else { "FAIL" });
+    println!("verdict: {}", v.status.word());
 }

@@ -245,11 +245,12 @@ pub fn preset_lines() -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::fs;
 
-    fn fake(t: &Topology) -> Vec<CpuTopo> {
+    /// What a guest faithful to `t` reports (made in code, no guest).
+    pub(crate) fn fake(t: &Topology) -> Vec<CpuTopo> {
         t.places()
             .map(|p| {
                 let same = |f: &dyn Fn(u32) -> bool| cpu_mask((0..t.cpus()).filter(|&c| f(c)));

@@ -210,7 +210,7 @@ impl Cli {
 /// Runs the parsed command; returns the process exit code.
 pub fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Run(args) if !args.scenario.scenarios.is_empty() => run_scenarios(args),
+        Command::Run(args) if !args.scenario.scenarios.is_empty() => super::matrix::run_scenarios(args),
         Command::Run(args) => run(args),
         Command::List(args) => crate::app::scenario::list(&args),
         Command::Explain(args) => crate::app::scenario::explain(&args),
@@ -231,7 +231,7 @@ fn cache() -> Result<Cache> {
 }
 
 /// Resolves the kernel and the backend for a VM command, printing the backend notice.
-fn prepare(vm: &VmArgs) -> Result<(Cache, kernel::Kernel, Backend)> {
+pub(super) fn prepare(vm: &VmArgs) -> Result<(Cache, kernel::Kernel, Backend)> {
     let cache = cache()?;
     let k = kernel::resolve(&cache, vm.kernel.kernel.as_deref(), true)?;
     let (backend, notice) = backend::select(vm.backend)?;
@@ -250,7 +250,13 @@ fn parse_append(s: &str) -> Result<String, String> {
     }
 }
 
-fn request(vm: &VmArgs, k: kernel::Kernel, backend: Backend, plan: RunPlan, files: Vec<GuestFile>) -> RunRequest {
+pub(super) fn request(
+    vm: &VmArgs,
+    k: kernel::Kernel,
+    backend: Backend,
+    plan: RunPlan,
+    files: Vec<GuestFile>,
+) -> RunRequest {
     RunRequest {
         append: vm.append.clone(),
         kernel: k,
@@ -297,58 +303,6 @@ fn run(args: RunArgs) -> Result<i32> {
         println!("{json}");
     }
     Ok(if all_passed { 0 } else { 1 })
-}
-
-/// `run --scenario ...`: one VM per (scheduler, scenario), scheduler by scheduler; a table
-/// row as each finishes.
-fn run_scenarios(args: RunArgs) -> Result<i32> {
-    let resolved = crate::app::scenario::resolve_all(&args.scenario, &args.vm.topology)?;
-    let (cache, k, backend) = prepare(&args.vm)?;
-    let schedulers = args.scenario.resolve_schedulers(&cache, &k)?;
-    let attach = args.scenario.attach_timeout();
-    let mut rows = Vec::new();
-    'runs: for sched in &schedulers {
-        if !args.json {
-            println!("\nscheduler {}", sched.label());
-            println!("{}", report::scenario_header());
-        }
-        for r in &resolved {
-            let mut plan = crate::scenario::plan(r, !args.vm.console);
-            plan.deadline_ms = plan.deadline_ms.saturating_add(sched.extra_deadline_ms(attach));
-            plan.scheduler = sched.plan(attach);
-            let files = sched.guest_file().into_iter().collect();
-            let req = request(&args.vm, k.clone(), backend, plan, files);
-            let out = runner::run(&cache, &req)?;
-            let row = crate::app::scenario::finish(r, sched, &k, &req, out, &args.scenario)?;
-            if !args.json {
-                println!("{}", report::scenario_line(&row));
-            }
-            rows.push(row);
-            if crate::interrupt::interrupted() {
-                break 'runs;
-            }
-        }
-    }
-    // Also after Ctrl-C: CI still gets the runs that finished.
-    if let Some(path) = &args.scenario.junit {
-        crate::junit::write(&rows, path)?;
-    }
-    if crate::interrupt::interrupted() {
-        return Err(crate::interrupt::Interrupted.into());
-    }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else {
-        report::print_scenario_failures(&rows);
-        let passed = rows.iter().filter(|r| r.passed).count();
-        let matrix = if schedulers.len() > 1 { format!(" ({} schedulers)", schedulers.len()) } else { String::new() };
-        println!(
-            "\n{passed} of {} scenario runs passed{matrix}; records in {}",
-            rows.len(),
-            args.scenario.out_dir.display()
-        );
-    }
-    Ok(if rows.iter().all(|r| r.passed) { 0 } else { 1 })
 }
 
 /// The command's PATH: the user's, else the default one, with the busybox applets last.

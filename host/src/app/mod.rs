@@ -2,6 +2,7 @@
 //! matrices, scheduler builds, judge/explain). Nothing in the crate imports this module.
 
 pub mod cli;
+pub mod matrix;
 pub mod scenario;
 pub mod sched;
 pub mod thresholds;

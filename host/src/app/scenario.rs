@@ -128,7 +128,8 @@ impl ScenarioArgs {
     }
 }
 
-/// Records, judges and stores one scenario's run; returns its table row.
+/// Records, judges and stores one scenario's run; returns its table row. Never fails: a
+/// record that cannot be written fails the row, with the reason.
 pub fn finish(
     r: &Resolved,
     sched: &SchedulerUnderTest,
@@ -136,11 +137,10 @@ pub fn finish(
     req: &RunRequest,
     out: RunOutput,
     args: &ScenarioArgs,
-) -> Result<ScenarioRow> {
+) -> ScenarioRow {
     let wall_s = out.collected.phases.stopped.map_or(0.0, |d| d.as_secs_f64()) + out.setup.as_secs_f64();
-    let id_name = if sched.binary.is_some() { format!("{}-{}", r.info.name, sched.name) } else { r.info.name.clone() };
     let meta = RunMeta {
-        run_id: record::run_id(&id_name, &req.topology),
+        run_id: run_id(r, sched, req),
         scenario: r.info.clone(),
         plan: r.scenario.clone(),
         expect: r.expect.clone(),
@@ -155,17 +155,26 @@ pub fn finish(
     };
     let rec = RunRecord::from_run(meta, out);
     let verdict = verdict::judge(&rec, &Thresholds::for_record(&rec, &args.thresholds.overrides()));
-    let dir = record::run_dir(&args.out_dir, &rec.meta.run_id)?;
-    record::write_json(&dir.join("record.json"), &rec, false)?;
-    record::write_json(&dir.join("verdict.json"), &verdict, true)?;
-    Ok(ScenarioRow {
-        scenario: r.info.name.clone(),
-        scheduler: sched.label(),
-        passed: verdict.passed,
-        record: dir.join("record.json"),
-        wall_s,
-        verdict,
-    })
+    let stored = store(&args.out_dir, &rec, &verdict);
+    let (path, error) = match stored {
+        Ok(p) => (Some(p), None),
+        Err(e) => (None, Some(format!("the record could not be written: {e:#}"))),
+    };
+    ScenarioRow::judged(&r.info.name, sched.label(), verdict, path, wall_s, error)
+}
+
+/// The run id of a scenario under a scheduler on a topology.
+pub fn run_id(r: &Resolved, sched: &SchedulerUnderTest, req: &RunRequest) -> String {
+    let id_name = if sched.binary.is_some() { format!("{}-{}", r.info.name, sched.name) } else { r.info.name.clone() };
+    record::run_id(&id_name, &req.topology)
+}
+
+/// Writes record.json and verdict.json into the run's directory; returns the record's path.
+fn store(out_dir: &Path, rec: &RunRecord, verdict: &Verdict) -> Result<std::path::PathBuf> {
+    let dir = record::run_dir(out_dir, &rec.meta.run_id)?;
+    record::write_json(&dir.join("record.json"), rec, false)?;
+    record::write_json(&dir.join("verdict.json"), verdict, true)?;
+    Ok(dir.join("record.json"))
 }
 
 #[derive(serde::Serialize)]

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use ktstr_shared::scenario::Scenario;
 use ktstr_shared::topology::Topology;
-use ktstr_shared::wire::{DecodeStats, RunResult, ScenarioEvent, ScenarioEventKind, WorkerReport};
+use ktstr_shared::wire::{CpuTopo, DecodeStats, RunResult, ScenarioEvent, ScenarioEventKind, WorkerReport};
 use serde::{Deserialize, Serialize};
 
 pub use crate::collect::telemetry::{
@@ -114,6 +114,9 @@ pub struct RunRecord {
     pub sched_events: Vec<SchedEvent>,
     pub logs: Vec<LogLine>,
     pub console_tail: String,
+    /// The guest kernel's view of its CPU topology (one entry per CPU; empty in host mode).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guest_topology: Vec<CpuTopo>,
 }
 
 /// What the host side knows before the run.
@@ -156,6 +159,7 @@ impl RunRecord {
             sched_events: telemetry.sched_events,
             logs: telemetry.logs,
             console_tail: String::new(),
+            guest_topology: Vec::new(),
         }
     }
 
@@ -185,6 +189,7 @@ impl RunRecord {
         };
         rec.decode = DecodeInfo::from(&c.decode);
         rec.console_tail = c.console.last_lines(CONSOLE_LINES);
+        rec.guest_topology = c.topology;
         rec
     }
 

@@ -24,6 +24,7 @@ mod shares;
 #[cfg(test)]
 mod tests;
 mod thresholds;
+mod topology;
 
 use placement::Mask;
 pub use thresholds::*;
@@ -31,10 +32,35 @@ pub use thresholds::*;
 /// Failure messages listed per check; the rest are counted.
 pub const MAX_LISTED: usize = 6;
 
-/// One check's outcome. A skipped check passes and says why it did not apply.
+/// What a check (or a whole verdict) concluded. A check that inspected nothing is `NotJudged`,
+/// never `Pass`: it does not fail the run, but it is shown as not judged (JUnit: skipped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    #[default]
+    Pass,
+    Fail,
+    NotJudged,
+}
+
+impl Status {
+    /// As tables print it.
+    pub fn word(self) -> &'static str {
+        match self {
+            Status::Pass => "PASS",
+            Status::Fail => "FAIL",
+            Status::NotJudged => "NOT JUDGED",
+        }
+    }
+}
+
+/// One check's outcome: `passed` is false only for a failure; `skipped` marks a check that
+/// did not apply or had nothing to inspect (its `status` is then `not_judged`), with the reason.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Check {
     pub name: String,
+    #[serde(default)]
+    pub status: Status,
     pub passed: bool,
     pub skipped: bool,
     /// For a failure: what failed, naming cgroup, worker, CPU and time. Otherwise what was measured.
@@ -43,11 +69,11 @@ pub struct Check {
 
 impl Check {
     pub(super) fn pass(name: &str, detail: impl Into<String>) -> Check {
-        Check { name: name.into(), passed: true, skipped: false, detail: detail.into() }
+        Check { name: name.into(), status: Status::Pass, passed: true, skipped: false, detail: detail.into() }
     }
 
     pub(super) fn skip(name: &str, why: impl Into<String>) -> Check {
-        Check { name: name.into(), passed: true, skipped: true, detail: why.into() }
+        Check { name: name.into(), status: Status::NotJudged, passed: true, skipped: true, detail: why.into() }
     }
 
     /// Fails with `failures` (listed up to [`MAX_LISTED`]); passes with `ok` when there are none.
@@ -59,7 +85,7 @@ impl Check {
         if failures.len() > MAX_LISTED {
             let _ = write!(detail, "; and {} more", failures.len() - MAX_LISTED);
         }
-        Check { name: name.into(), passed: false, skipped: false, detail }
+        Check { name: name.into(), status: Status::Fail, passed: false, skipped: false, detail }
     }
 }
 
@@ -80,6 +106,9 @@ pub struct KeyNumbers {
 pub struct Verdict {
     pub scenario: String,
     pub run_id: String,
+    /// `pass` only when no check failed and the run was judged at all (see [`JUDGED_CORE`]).
+    #[serde(default)]
+    pub status: Status,
     pub passed: bool,
     pub checks: Vec<Check>,
     pub thresholds: Thresholds,
@@ -90,6 +119,22 @@ impl Verdict {
     /// The failed checks.
     pub fn failures(&self) -> impl Iterator<Item = &Check> {
         self.checks.iter().filter(|c| !c.passed)
+    }
+}
+
+/// Checks of which at least one must have judged something (not `not_judged`) for a verdict
+/// to pass: a run whose workers did nothing measurable never passes.
+pub const JUDGED_CORE: &[&str] = &["not_starved", "max_gap"];
+
+/// The verdict's status from its checks: any failure fails; no failure but none of
+/// [`JUDGED_CORE`] judged is not judged; else pass.
+fn overall(checks: &[Check]) -> Status {
+    if checks.iter().any(|c| c.status == Status::Fail) {
+        Status::Fail
+    } else if !checks.iter().any(|c| JUDGED_CORE.contains(&c.name.as_str()) && c.status == Status::Pass) {
+        Status::NotJudged
+    } else {
+        Status::Pass
     }
 }
 
@@ -118,11 +163,14 @@ pub fn judge(rec: &RunRecord, th: &Thresholds) -> Verdict {
         latency::wake_latency(&cx, &mut numbers),
         latency::throughput(&cx),
         scheduler::scheduler(&cx),
+        topology::topology(&cx),
     ];
+    let status = overall(&checks);
     Verdict {
         scenario: rec.meta.scenario.name.clone(),
         run_id: rec.meta.run_id.clone(),
-        passed: checks.iter().all(|c| c.passed),
+        status,
+        passed: status == Status::Pass,
         checks,
         thresholds: th.clone(),
         numbers,

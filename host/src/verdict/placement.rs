@@ -87,7 +87,24 @@ pub(super) fn isolation(cx: &Ctx, mask: Mask) -> Check {
     }
     let mut f: Vec<String> =
         first.into_values().map(|(msg, n)| if n > 1 { format!("{msg} ({n} samples)") } else { msg }).collect();
-    f.extend(cpus_used_violations(cx, mask));
+    let (whole_run, workers_checked) = cpus_used_violations(cx, mask);
+    f.extend(whole_run);
+    if checked == 0 && f.is_empty() {
+        let period = cx.rec.meta.plan.sample_period_ms;
+        let why = if period == 0 {
+            "sampling is off (sample_period_ms = 0)".to_string()
+        } else {
+            format!("{} ticks", cx.rec.ticks.len())
+        };
+        return Check::skip(
+            name,
+            format!(
+                "no sample showed a restricted worker ({why}); the whole-run CPU sets of {workers_checked} workers \
+                 were within their {}, which alone does not judge placement over time",
+                mask.what()
+            ),
+        );
+    }
     Check::from_failures(name, f, || {
         let changes = cx.rec.meta.plan.steps.len();
         format!("{checked} samples checked across {changes} steps: no worker outside its {}", mask.what())
@@ -95,14 +112,17 @@ pub(super) fn isolation(cx: &Ctx, mask: Mask) -> Check {
 }
 
 /// Whole-run check from the reports: every CPU a worker used was in some mask it ever had.
-pub(super) fn cpus_used_violations(cx: &Ctx, mask: Mask) -> Vec<String> {
+/// Returns the violations and how many workers it could check.
+pub(super) fn cpus_used_violations(cx: &Ctx, mask: Mask) -> (Vec<String>, usize) {
     let mut f = Vec::new();
+    let mut checked = 0;
     for r in &cx.rec.reports {
         let ever: Vec<&Placement> =
             cx.timeline.epochs.iter().filter_map(|e| e.workers.get(r.id as usize)?.as_ref()).collect();
         if ever.is_empty() || !ever.iter().all(|p| mask.restricts(p)) {
             continue;
         }
+        checked += 1;
         let allowed = union(ever.iter().map(|p| mask.cpus(p)));
         let outside: Vec<u32> = mask_cpus(&r.cpus_used).filter(|c| !allowed.contains(c)).collect();
         if !outside.is_empty() {
@@ -115,7 +135,7 @@ pub(super) fn cpus_used_violations(cx: &Ctx, mask: Mask) -> Vec<String> {
             ));
         }
     }
-    f
+    (f, checked)
 }
 
 pub(super) fn union<'a>(sets: impl Iterator<Item = &'a [u32]>) -> Vec<u32> {

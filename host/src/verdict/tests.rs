@@ -561,3 +561,46 @@ fn fake_record_long_failure_lists_are_capped() {
     let c = check(&judge_default(&rec), "max_gap").clone();
     assert!(c.detail.ends_with(&format!("and {} more", 16 - MAX_LISTED)), "{}", c.detail);
 }
+
+#[test]
+fn fake_record_without_samples_does_not_pass_isolation_as_zero_samples_checked() {
+    let mut rec = catalog("cpuset_apply");
+    rec.meta.plan.sample_period_ms = 0;
+    rec.ticks.clear();
+    let v = judge_default(&rec);
+    let c = check(&v, "cpuset_isolation");
+    assert_eq!(c.status, Status::NotJudged, "{c:?}");
+    assert!(c.detail.contains("sampling is off (sample_period_ms = 0)"), "{}", c.detail);
+    // The rest of the run was judged, so the verdict still passes.
+    assert_eq!(v.status, Status::Pass, "{:?}", v.failures().collect::<Vec<_>>());
+}
+
+#[test]
+fn fake_record_where_nothing_could_be_judged_is_not_judged_not_passed() {
+    let mut rec = catalog("basic_spin");
+    rec.reports.clear();
+    rec.ticks.clear();
+    // No reports: run_completed fails on its own; without it failing, nothing else was judged.
+    let v = judge_default(&rec);
+    assert_eq!(v.status, Status::Fail);
+    assert_eq!(check(&v, "not_starved").status, Status::NotJudged);
+    let mut only_nj = v.clone();
+    only_nj.checks.retain(|c| c.status != Status::Fail);
+    assert_eq!(overall(&only_nj.checks), Status::NotJudged);
+}
+
+#[test]
+fn fake_record_guest_topology_is_judged() {
+    let mut rec = catalog("basic_spin");
+    assert_eq!(check(&judge_default(&rec), "topology").status, Status::NotJudged, "no report: not judged");
+    rec.guest_topology = crate::topo::tests::fake(&rec.meta.topology);
+    let c = check(&judge_default(&rec), "topology").clone();
+    assert_eq!(c.status, Status::Pass, "{c:?}");
+    for cpu in &mut rec.guest_topology {
+        cpu.llc = cpu_mask(0..4); // one LLC for all four CPUs of 1n2l2c1t
+    }
+    let v = judge_default(&rec);
+    let c = check(&v, "topology");
+    assert!(!v.passed && c.status == Status::Fail, "{c:?}");
+    assert!(c.detail.contains("cpu 0: LLC holds CPUs {0-3} in the guest but {0-1}"), "{}", c.detail);
+}

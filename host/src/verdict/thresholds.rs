@@ -71,6 +71,7 @@ pub const CHECK_DOCS: &[(&str, &str)] = &[
     ("wake_latency", "p99 wake-up latency of every worker that measures it is within p99_wake_us"),
     ("throughput", "every worker did at least min_units_per_sec work units per second"),
     ("scheduler", "sched_ext: the BPF scheduler stayed attached; EEVDF: no BPF scheduler was attached"),
+    ("topology", "the guest kernel sees the nodes, packages, LLCs, cores and SMT siblings the topology spec describes"),
 ];
 
 /// What the spread of the fairness check is computed on.
