@@ -4,10 +4,10 @@ use ktstr_host::interrupt;
 
 fn main() {
     let args = cli::Cli::parse();
-    ktstr_host::vmm::phases::mark_early("cli_parsed");
+    let marks = ktstr_host::vmm::phases::Marks::default().with("cli_parsed");
     init_logging(args.verbose);
     interrupt::install();
-    let code = match cli::validate(&args).and_then(|()| cli::dispatch(args)) {
+    let code = match cli::validate(&args).and_then(|()| cli::dispatch(args, marks)) {
         Ok(code) => code,
         Err(e) if e.downcast_ref::<interrupt::Interrupted>().is_some() || interrupted_cause(&e) => {
             eprintln!("ktstr-host: interrupted; nothing was left half-written");

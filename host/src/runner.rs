@@ -8,6 +8,7 @@ use crate::image::{self, InitramfsBuilder};
 use crate::init_binary::KTSTR_INIT;
 use crate::kernel::{Kernel, cache::Cache};
 pub use crate::spec::GuestFile;
+use crate::vmm::phases::Marks;
 use ktstr_shared::wire::EXIT_TIMED_OUT;
 
 /// Exit code when the guest kernel or init panicked, or the VM died without a result.
@@ -37,6 +38,8 @@ pub struct RunRequest {
     pub stream_output: bool,
     /// Overrides the VM's hard timeout (plan deadline + boot allowance).
     pub vm_timeout: Option<Duration>,
+    /// Instants the caller marked before asking for the VM (e.g. `cli_parsed`).
+    pub marks: Marks,
 }
 
 /// Adds `f` (a directory recursively); pushes every directory walked onto `walked`, since what
@@ -258,10 +261,10 @@ fn kvm_spec(mut spec: VmSpec, kernel: &Kernel) -> Result<VmSpec> {
 /// Boots, supervises and tears down one VM.
 pub fn run(cache: &Cache, req: &RunRequest) -> Result<RunOutput> {
     let t0 = Instant::now();
-    crate::vmm::phases::mark_early("run_start");
+    let mut marks = req.marks.with("run_start");
     let dir = tempfile::Builder::new().prefix("ktstr-run-").tempdir().context("creating a temp dir for the run")?;
     let initrd = initramfs(cache, &req.plan, &req.files, dir.path())?;
-    crate::vmm::phases::mark_early("initramfs_ready");
+    marks.mark("initramfs_ready");
     let sizes = initrd.iter().map(|p| Ok(std::fs::metadata(p)?.len())).collect::<Result<Vec<u64>>>()?;
     let initrd_bytes = crate::vmm::boot::initrd_layout(&sizes).1;
     let timeout = req.vm_timeout.unwrap_or_else(|| {
@@ -277,6 +280,7 @@ pub fn run(cache: &Cache, req: &RunRequest) -> Result<RunOutput> {
         topology: req.topology,
         memory_mib: req.memory_mib,
         timeout,
+        marks,
     };
     let mut machine: Box<dyn Machine> = match req.backend {
         Backend::Qemu(accel) => Box::new(backend::qemu::Qemu::start(&spec, accel, dir.path())?),

@@ -5,6 +5,7 @@ use crate::backend::{self, Backend, BackendChoice};
 use crate::kernel::{self, cache::Cache, kconfig::Flavour, source::SourceSpec};
 use crate::report;
 use crate::runner::{self, GuestFile, RunRequest};
+use crate::vmm::phases::Marks;
 use anyhow::{Context, Result, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use ktstr_shared::plan::{ExecPlan, RunPlan};
@@ -208,14 +209,16 @@ impl Cli {
 }
 
 /// Runs the parsed command; returns the process exit code.
-pub fn dispatch(cli: Cli) -> Result<i32> {
+/// `marks`: instants marked before (e.g. `cli_parsed`), for the VM's timeline.
+pub fn dispatch(cli: Cli, mut marks: Marks) -> Result<i32> {
+    let marks = &mut marks;
     match cli.command {
-        Command::Run(args) if !args.scenario.scenarios.is_empty() => super::matrix::run_scenarios(args),
-        Command::Run(args) => run(args),
+        Command::Run(args) if !args.scenario.scenarios.is_empty() => super::matrix::run_scenarios(args, marks),
+        Command::Run(args) => run(args, marks),
         Command::List(args) => crate::app::scenario::list(&args),
         Command::Explain(args) => crate::app::scenario::explain(&args),
         Command::Judge(args) => crate::app::scenario::judge(&args),
-        Command::Exec(args) => exec(args),
+        Command::Exec(args) => exec(args, marks),
         Command::Kernel(cmd) => kernel_cmd(cmd),
         Command::Sched(cmd) => crate::app::sched::command(&cache()?, cmd),
         Command::Topo(args) => crate::topo::command(&args),
@@ -231,14 +234,14 @@ fn cache() -> Result<Cache> {
 }
 
 /// Resolves the kernel and the backend for a VM command, printing the backend notice.
-pub(super) fn prepare(vm: &VmArgs) -> Result<(Cache, kernel::Kernel, Backend)> {
+pub(super) fn prepare(vm: &VmArgs, marks: &mut Marks) -> Result<(Cache, kernel::Kernel, Backend)> {
     let cache = cache()?;
     let k = kernel::resolve(&cache, vm.kernel.kernel.as_deref(), true)?;
     let (backend, notice) = backend::select(vm.backend)?;
     if let Some(n) = notice {
         eprintln!("ktstr-host: {n}");
     }
-    crate::vmm::phases::mark_early("kernel_resolved");
+    marks.mark("kernel_resolved");
     Ok((cache, k, backend))
 }
 
@@ -256,8 +259,10 @@ pub(super) fn request(
     backend: Backend,
     plan: RunPlan,
     files: Vec<GuestFile>,
+    marks: &Marks,
 ) -> RunRequest {
     RunRequest {
+        marks: marks.clone(),
         append: vm.append.clone(),
         kernel: k,
         backend,
@@ -271,8 +276,8 @@ pub(super) fn request(
     }
 }
 
-fn run(args: RunArgs) -> Result<i32> {
-    let (cache, k, backend) = prepare(&args.vm)?;
+fn run(args: RunArgs, marks: &mut Marks) -> Result<i32> {
+    let (cache, k, backend) = prepare(&args.vm, marks)?;
     let schedulers = args.scenario.resolve_schedulers(&cache, &k)?;
     let attach = args.scenario.attach_timeout();
     let mut all_passed = true;
@@ -283,7 +288,7 @@ fn run(args: RunArgs) -> Result<i32> {
         plan.exec = Some(ExecPlan::new(["/init", "--version"]));
         plan.scheduler = sched.plan(attach);
         let files = sched.guest_file().into_iter().collect();
-        let req = request(&args.vm, k.clone(), backend, plan, files);
+        let req = request(&args.vm, k.clone(), backend, plan, files, marks);
         let out = runner::run(&cache, &req)?;
         let summary = report::RunSummary::new(&k, &req, &out, sched);
         all_passed &= summary.passed;
@@ -314,7 +319,7 @@ fn with_userland_path(mut env: Vec<(String, String)>) -> Vec<(String, String)> {
     env
 }
 
-fn exec(args: ExecArgs) -> Result<i32> {
+fn exec(args: ExecArgs, marks: &mut Marks) -> Result<i32> {
     let includes = args.include.iter().map(|s| GuestFile::parse(s)).collect::<Result<Vec<_>>>()?;
     // A command given by the guest path of an --include runs as it is in the guest.
     let cmd = &args.command[0];
@@ -335,7 +340,7 @@ fn exec(args: ExecArgs) -> Result<i32> {
             _ => bail!("--env {kv}: expected KEY=VALUE"),
         })
         .collect::<Result<Vec<_>>>()?;
-    let (cache, k, backend) = prepare(&args.vm)?;
+    let (cache, k, backend) = prepare(&args.vm, marks)?;
     let sched = match &args.scheduler {
         Some(spec) => crate::sched::resolve(spec, &[], &cache, &k)?,
         None => crate::sched::SchedulerUnderTest::eevdf(),
@@ -350,7 +355,7 @@ fn exec(args: ExecArgs) -> Result<i32> {
     let mut exec = ExecPlan::new(argv);
     exec.env = with_userland_path(env);
     plan.exec = Some(exec);
-    let mut req = request(&args.vm, k, backend, plan, files);
+    let mut req = request(&args.vm, k, backend, plan, files, marks);
     req.stream_output = true;
     let out = runner::run(&cache, &req)?;
     let (code, message) = report::exec_status(&out);

@@ -9,10 +9,11 @@ use super::cli::{RunArgs, prepare, request};
 use crate::interrupt::{self, Interrupted};
 use crate::report::{self, ScenarioRow};
 use crate::runner;
+use crate::vmm::phases::Marks;
 
-pub fn run_scenarios(args: RunArgs) -> Result<i32> {
+pub fn run_scenarios(args: RunArgs, marks: &mut Marks) -> Result<i32> {
     let resolved = super::scenario::resolve_all(&args.scenario, &args.vm.topology)?;
-    let (cache, k, backend) = prepare(&args.vm)?;
+    let (cache, k, backend) = prepare(&args.vm, marks)?;
     let schedulers = args.scenario.resolve_schedulers(&cache, &k)?;
     let attach = args.scenario.attach_timeout();
     let mut rows = Vec::new();
@@ -26,7 +27,7 @@ pub fn run_scenarios(args: RunArgs) -> Result<i32> {
             plan.deadline_ms = plan.deadline_ms.saturating_add(sched.extra_deadline_ms(attach));
             plan.scheduler = sched.plan(attach);
             let files = sched.guest_file().into_iter().collect();
-            let req = request(&args.vm, k.clone(), backend, plan, files);
+            let req = request(&args.vm, k.clone(), backend, plan, files, marks);
             let row = match runner::run(&cache, &req) {
                 Ok(out) => super::scenario::finish(r, sched, &k, &req, out, &args.scenario),
                 Err(_) if interrupt::interrupted() => break 'runs,

@@ -27,6 +27,7 @@ impl KvmMachine {
             cmdline: spec.cmdline.clone(),
         });
         cfg.memory_mib = u64::from(spec.memory_mib);
+        cfg.marks = spec.marks.clone();
         cfg.vcpus = spec.topology.cpus();
         cfg.topology = Some(spec.topology);
         cfg.timeout = spec.timeout;

@@ -23,6 +23,8 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// Hard limit for the whole VM; it is torn down after this.
     pub timeout: Duration,
+    /// Instants marked before the VM was asked for (the micro-VMM's timeline starts with them).
+    pub marks: crate::vmm::phases::Marks,
 }
 
 /// How QEMU executes guest code.

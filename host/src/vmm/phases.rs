@@ -2,7 +2,7 @@
 //! is what a user waits through, so that is the origin, not the moment the VM was asked for),
 //! and the time spent in host-kernel calls whose cost is a property of the host's KVM.
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Set by a launcher (e.g. `bench/vmm_setup.sh`: `KTSTR_EXEC_EPOCH=$EPOCHREALTIME`) to the
@@ -50,17 +50,27 @@ fn age() -> Option<Duration> {
 }
 
 /// Instants marked before the VM is built (`cli_parsed`, `kernel_resolved`, then by the runner
-/// `run_start`, `initramfs_ready`);
-/// every [`Timeline`] made afterwards starts with them, so one report covers the whole path
-/// from process start.
-static EARLY: Mutex<Vec<(&'static str, Instant)>> = Mutex::new(Vec::new());
+/// `run_start`, `initramfs_ready`), handed down as a value with the request, so the VM's
+/// timeline covers the whole path from process start. Bounded: marks beyond a few dozen are
+/// dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Marks(Vec<(&'static str, Instant)>);
 
-/// Marks `name` now, for the next VM's timeline (see [`EARLY`]). Bounded: later marks beyond
-/// a few dozen are dropped.
-pub fn mark_early(name: &'static str) {
-    let mut early = EARLY.lock().unwrap_or_else(|e| e.into_inner());
-    if early.len() < 32 {
-        early.push((name, Instant::now()));
+impl Marks {
+    const MAX: usize = 32;
+
+    /// Marks `name` now.
+    pub fn mark(&mut self, name: &'static str) {
+        if self.0.len() < Self::MAX {
+            self.0.push((name, Instant::now()));
+        }
+    }
+
+    /// A copy with `name` marked now.
+    pub fn with(&self, name: &'static str) -> Marks {
+        let mut m = self.clone();
+        m.mark(name);
+        m
     }
 }
 
@@ -74,16 +84,14 @@ pub struct Timeline {
     host_wait: Duration,
 }
 
-impl Default for Timeline {
-    fn default() -> Self {
+impl Timeline {
+    /// A timeline that starts with the marks made before the VM was built.
+    pub fn with_marks(early: &Marks) -> Self {
         let origin = process_start();
-        let early = EARLY.lock().unwrap_or_else(|e| e.into_inner());
-        let phases = early.iter().map(|(n, at)| (*n, at.saturating_duration_since(origin))).collect();
+        let phases = early.0.iter().map(|(n, at)| (*n, at.saturating_duration_since(origin))).collect();
         Self { origin, phases, host_calls: Vec::new(), host_wait: Duration::ZERO }
     }
-}
 
-impl Timeline {
     /// A timeline without the early marks: for a helper thread whose marks are adopted.
     pub fn detached() -> Self {
         Self { origin: process_start(), phases: Vec::new(), host_calls: Vec::new(), host_wait: Duration::ZERO }
@@ -152,9 +160,9 @@ mod tests {
     }
 
     #[test]
-    fn early_marks_start_every_later_timeline() {
-        mark_early("early_test_mark");
-        let t = Timeline::default();
+    fn early_marks_start_the_timeline_they_are_given() {
+        let marks = Marks::default().with("early_test_mark");
+        let t = Timeline::with_marks(&marks);
         assert!(t.into_sorted().iter().any(|(n, _)| *n == "early_test_mark"));
         assert!(Timeline::detached().into_sorted().is_empty());
     }

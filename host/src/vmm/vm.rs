@@ -19,7 +19,7 @@ use super::detect::{self, HostFacts, KVM_DEVICE, KvmFlavour};
 use super::error::VmError;
 use super::layout::{GDT_ADDR, IDT_ADDR, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
 use super::memory::{self, MemoryLayout};
-use super::phases::Timeline;
+use super::phases::{Marks, Timeline};
 use super::ports::{Devices, UnhandledStats};
 use super::serial::{
     ByteStream, COM1_IRQ, COM2_IRQ, Console, ConsoleLog, RecvError, SharedConsole, StreamWriter, Uart, lock,
@@ -65,6 +65,8 @@ pub struct VmConfig {
     /// The CPU topology: per-vCPU CPUID and ACPI tables (MADT/SRAT/SLIT) instead of the MP
     /// table; its CPU count must equal `vcpus`. None: identity APIC IDs and an MP table.
     pub topology: Option<Topology>,
+    /// Instants marked before the VM was asked for; its timeline starts with them.
+    pub marks: Marks,
 }
 
 impl VmConfig {
@@ -82,6 +84,7 @@ impl VmConfig {
             console_capacity: Self::DEFAULT_CONSOLE_CAPACITY,
             ap_start: ApStart::WaitForSipi,
             topology: None,
+            marks: Marks::default(),
         }
     }
 
@@ -382,7 +385,7 @@ fn create_vcpus(kvm: &Kvm, vm: &VmFd, config: &VmConfig, entry: u64) -> Result<V
 impl Vm {
     /// Builds the VM: KVM objects, memory, payload, devices and vCPUs. Nothing runs yet.
     pub fn new(config: VmConfig) -> Result<Self, VmError> {
-        let mut timeline = Timeline::default();
+        let mut timeline = Timeline::with_marks(&config.marks);
         timeline.mark("vmm_start");
         let layout = MemoryLayout::new(config.memory_mib)?;
         memory::check_fits_host(config.memory_mib, memory::host_memory_mib())?;
