@@ -337,3 +337,66 @@ fn a_mirror_without_sums_is_refused_unless_allowed() {
     assert!(text(&out.stderr).contains("not verified"), "{}", text(&out.stderr));
     mirror.stop();
 }
+
+/// A fake kernel entry (metadata and a 3-byte bzImage) and a fake scheduler build for it.
+fn fake_kernel(root: &Path, key: &str, built_at: &str) {
+    let dir = root.join(key);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("bzImage"), "img").unwrap();
+    let meta = serde_json::json!({
+        "key": key, "version": "6.12.1", "flavour": "minimal",
+        "source": {"type": "tarball", "origin": "fake", "sha256": "ab".repeat(32)},
+        "config_hash": "000000000000", "built_at": built_at, "build_secs": 1.0,
+        "files": [{"name": "bzImage", "size": 3}], "ktstr_version": "fake",
+    });
+    fs::write(dir.join("metadata.json"), meta.to_string()).unwrap();
+}
+
+fn fake_sched_build(root: &Path, kernel_key: &str) -> std::path::PathBuf {
+    let dir = root.join(".schedulers").join(format!("{kernel_key}-s0123"));
+    fs::create_dir_all(dir.join("bin")).unwrap();
+    let meta = serde_json::json!({
+        "key": format!("{kernel_key}-s0123"), "kernel_key": kernel_key, "clang": "fake",
+        "built_at": "2026-01-01T00:00:00Z", "build_secs": 1.0, "schedulers": [],
+    });
+    fs::write(dir.join("metadata.json"), meta.to_string()).unwrap();
+    dir
+}
+
+/// Scheduler builds live in the cache root the user named, are not listed as kernels, and
+/// `kernel clean` removes them with their kernels, and orphans.
+#[test]
+fn kernel_clean_removes_scheduler_builds_with_their_kernels_fake() {
+    let parent = tempfile::tempdir().unwrap();
+    let root = parent.path().join("k");
+    fake_kernel(&root, "new", "2026-02-01T00:00:00Z");
+    fake_kernel(&root, "old", "2026-01-01T00:00:00Z");
+    let (new, old, orphan) =
+        (fake_sched_build(&root, "new"), fake_sched_build(&root, "old"), fake_sched_build(&root, "gone"));
+    let env = |c: &mut std::process::Command| {
+        c.env("KTSTR_CACHE_DIR", &root);
+    };
+    let mut list = host();
+    env(list.args(["kernel", "list", "--json"]));
+    let keys: Vec<String> =
+        json(&run(&mut list)).as_array().unwrap().iter().map(|r| r["key"].as_str().unwrap().to_string()).collect();
+    assert_eq!(keys, ["new", "old"], "the scheduler folder is not a kernel entry");
+    let mut sched_list = host();
+    env(sched_list.args(["sched", "list", "--json"]));
+    assert_eq!(json(&run(&mut sched_list)).as_array().unwrap().len(), 3);
+
+    let mut clean = host();
+    env(clean.args(["kernel", "clean", "--keep", "1"]));
+    let out = run(&mut clean);
+    assert!(out.status.success());
+    assert!(root.join("new").is_dir() && new.is_dir(), "the kept kernel keeps its schedulers");
+    assert!(!root.join("old").exists() && !old.exists(), "schedulers go with their kernel");
+    assert!(!orphan.exists(), "orphans go");
+    assert!(text(&out.stdout).contains("removed scheduler build"), "{}", text(&out.stdout));
+    assert_eq!(fs::read_dir(parent.path()).unwrap().count(), 1, "nothing outside the named root");
+
+    let mut all = host();
+    env(all.args(["kernel", "clean"]));
+    assert!(run(&mut all).status.success());
+    assert!(!new.exists());
+}
