@@ -210,7 +210,8 @@ mod tests {
     /// Each corruption is refused, naming the file and the field, before anything judges it.
     #[test]
     fn out_of_bounds_fields_are_refused_naming_the_file_and_field() {
-        let cases: Vec<(&str, Box<dyn FnOnce(&mut Value)>)> = vec![
+        type Edit = Box<dyn FnOnce(&mut Value)>;
+        let cases: Vec<(&str, Edit)> = vec![
             ("topology", Box::new(|v| v["topology"]["llcs"] = json!(0))),
             ("topology", Box::new(|v| v["topology"]["cores_per_llc"] = json!(4_000_000))),
             ("plan.cgroups[0].cpuset", Box::new(|v| v["plan"]["cgroups"][0]["cpuset"] = json!([9]))),
