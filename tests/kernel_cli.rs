@@ -175,65 +175,228 @@ fn corrupt_entries_are_listed_skipped_and_cleaned() {
     assert!(root.path().join("second").exists() && !root.path().join("good").exists());
 }
 
-/// A local HTTP server standing in for kernel.org (unreachable here): releases.json and a
-/// real release tarball (the distro's source tarball under the kernel.org file name).
+/// What the local mirror serves as `v6.x/sha256sums.asc`.
+enum Sums {
+    /// The tarball's true sum, clearsigned as kernel.org publishes it.
+    True,
+    /// A well-formed but wrong sum for the tarball.
+    Wrong,
+    /// No sums file (404).
+    Missing,
+}
+
+/// A local HTTP server standing in for kernel.org (unreachable here): releases.json, a real
+/// release tarball (the distro's source tarball under the kernel.org file name) and its sums.
+struct Mirror {
+    url: String,
+    version: String,
+    handle: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Mirror {
+    /// `None` (test skipped) without a default kernel built from the distro tarball.
+    fn start(src: &Path, sums: Sums) -> Option<Mirror> {
+        let meta: serde_json::Value = serde_json::from_slice(&fs::read(src.join("metadata.json")).unwrap()).unwrap();
+        let version = meta["version"].as_str().unwrap().to_string();
+        let Some(tarball) = meta["source"]["tarball"].as_str().map(str::to_owned) else {
+            eprintln!("skipped: the default kernel was not built from the distro tarball");
+            return None;
+        };
+        let sha = meta["source"]["sha256"].as_str().unwrap().to_string();
+        let name = format!("linux-{version}.tar.xz");
+        let sums_body = match sums {
+            Sums::True => Some(sha),
+            Sums::Wrong => Some("0".repeat(64)),
+            Sums::Missing => None,
+        }
+        .map(|sum| {
+            format!(
+                "-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\n{}  linux-6.6.70.tar.xz\n{sum}  {name}\n\
+                 -----BEGIN PGP SIGNATURE-----\n\nnot checked\n-----END PGP SIGNATURE-----\n",
+                "1".repeat(64)
+            )
+        });
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let port = server.server_addr().to_ip().unwrap().port();
+        let releases = serde_json::json!({"releases": [
+            {"moniker": "mainline", "version": "6.13-rc7", "source": null},
+            {"moniker": "longterm", "version": version, "source": "https://cdn.kernel.org/should-not-be-used"},
+            {"moniker": "longterm", "version": "6.6.70", "source": null},
+            {"moniker": "linux-next", "version": "next-20250110", "source": null},
+        ]});
+        let tar_path = format!("/pub/linux/kernel/v6.x/{name}");
+        let handle = std::thread::spawn(move || {
+            let mut served = Vec::new();
+            for req in server.incoming_requests() {
+                let url = req.url().to_string();
+                served.push(url.clone());
+                let _ = match (url.as_str(), &sums_body) {
+                    ("/releases.json", _) => req.respond(tiny_http::Response::from_string(releases.to_string())),
+                    ("/pub/linux/kernel/v6.x/sha256sums.asc", Some(body)) => {
+                        req.respond(tiny_http::Response::from_string(body.clone()))
+                    }
+                    (u, _) if u == tar_path => {
+                        req.respond(tiny_http::Response::from_file(fs::File::open(&tarball).unwrap()))
+                    }
+                    ("/stop", _) => {
+                        let _ = req.respond(tiny_http::Response::empty(200));
+                        break;
+                    }
+                    _ => req.respond(tiny_http::Response::empty(404)),
+                };
+            }
+            served
+        });
+        Some(Mirror { url: format!("http://127.0.0.1:{port}"), version, handle: Some(handle) })
+    }
+
+    /// `ktstr-host ARGS` with this mirror and cache `root`.
+    fn cmd(&self, root: &Path, args: &[&str]) -> std::process::Command {
+        let mut c = host();
+        c.env("KTSTR_CACHE_DIR", root).env("KTSTR_KERNEL_MIRROR", &self.url).args(args);
+        c
+    }
+
+    /// Stops the server; the URLs it served.
+    fn stop(mut self) -> Vec<String> {
+        let _ = ureq::get(&format!("{}/stop", self.url)).call();
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+/// Files under the cache's downloads directory (none, or the tarball; never a temp file).
+fn downloads(root: &Path) -> Vec<String> {
+    let Ok(rd) = fs::read_dir(root.join(".work/downloads")) else { return Vec::new() };
+    rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+}
+
 #[test]
 fn download_path_against_a_local_mirror() {
     let Some(src) = default_entry_dir() else { return };
-    let meta: serde_json::Value = serde_json::from_slice(&fs::read(src.join("metadata.json")).unwrap()).unwrap();
-    let version = meta["version"].as_str().unwrap().to_string();
-    let Some(tarball) = meta["source"]["tarball"].as_str().map(str::to_owned) else {
-        eprintln!("skipped: the default kernel was not built from the distro tarball");
-        return;
-    };
-    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
-    let port = server.server_addr().to_ip().unwrap().port();
-    let releases = serde_json::json!({"releases": [
-        {"moniker": "mainline", "version": "6.13-rc7", "source": null},
-        {"moniker": "longterm", "version": version, "source": "https://cdn.kernel.org/should-not-be-used"},
-        {"moniker": "longterm", "version": "6.6.70", "source": null},
-    ]});
-    let tar_path = format!("/pub/linux/kernel/v6.x/linux-{version}.tar.xz");
-    let handle = std::thread::spawn(move || {
-        let mut served = Vec::new();
-        for req in server.incoming_requests() {
-            let url = req.url().to_string();
-            served.push(url.clone());
-            let _ = if url == "/releases.json" {
-                req.respond(tiny_http::Response::from_string(releases.to_string()))
-            } else if url == tar_path {
-                req.respond(tiny_http::Response::from_file(fs::File::open(&tarball).unwrap()))
-            } else if url == "/stop" {
-                let _ = req.respond(tiny_http::Response::empty(200));
-                break;
-            } else {
-                req.respond(tiny_http::Response::empty(404))
-            };
-        }
-        served
-    });
+    let Some(mirror) = Mirror::start(&src, Sums::True) else { return };
+    let version = mirror.version.clone();
     let root = tempfile::tempdir().unwrap();
+    let meta: serde_json::Value = serde_json::from_slice(&fs::read(src.join("metadata.json")).unwrap()).unwrap();
     let key = meta["key"].as_str().unwrap();
     copy_entry(&src, root.path(), key, |_| {});
-    let mirror = format!("http://127.0.0.1:{port}");
-    let cmd = |args: &[&str]| {
-        let mut c = host();
-        c.env("KTSTR_CACHE_DIR", root.path()).env("KTSTR_KERNEL_MIRROR", &mirror).args(args);
-        c
-    };
-    // "6.12" resolves to the newest 6.12.x listed, is downloaded, hashed, and found
-    // in the cache by content (same bytes as the distro tarball): no rebuild.
-    let out = run(&mut cmd(&["kernel", "build", "6.12", "--json"]));
+    // "6.12" resolves to the newest 6.12.x listed, is downloaded, verified against the
+    // published sum, and found in the cache by content (same bytes as the distro
+    // tarball): no rebuild.
+    let out = run(&mut mirror.cmd(root.path(), &["kernel", "build", "6.12", "--json"]));
     let k = json(&out);
     assert_eq!(k["key"], key);
     let err = text(&out.stderr);
     assert!(err.contains("download") && err.contains("cached"), "{err}");
-    assert!(root.path().join(format!(".work/downloads/linux-{version}.tar.xz")).is_file());
+    assert_eq!(downloads(root.path()), [format!("linux-{version}.tar.xz")]);
     // A version kernel.org does not have.
-    fail_with(&mut cmd(&["kernel", "build", "6.99"]), &["6.99", "not a release", &version]);
+    fail_with(&mut mirror.cmd(root.path(), &["kernel", "build", "6.99"]), &["6.99", "not a release", &version]);
     // Not a version at all.
-    fail_with(&mut cmd(&["kernel", "build", "6.x"]), &["not a kernel version"]);
-    let _ = ureq::get(&format!("{mirror}/stop")).call();
-    let served = handle.join().unwrap();
+    fail_with(&mut mirror.cmd(root.path(), &["kernel", "build", "6.x"]), &["not a kernel version"]);
+    let served = mirror.stop();
     assert!(served.iter().any(|u| u.ends_with(".tar.xz")), "{served:?}");
+    assert!(served.iter().any(|u| u.ends_with("/v6.x/sha256sums.asc")), "{served:?}");
+}
+
+/// A tarball whose bytes do not match the published sum is refused, naming both sums, the
+/// file and the URL, and nothing of it stays in the cache.
+#[test]
+fn a_download_with_a_wrong_published_sum_fails_and_leaves_nothing() {
+    let Some(src) = default_entry_dir() else { return };
+    let Some(mirror) = Mirror::start(&src, Sums::Wrong) else { return };
+    let meta: serde_json::Value = serde_json::from_slice(&fs::read(src.join("metadata.json")).unwrap()).unwrap();
+    let (sha, version) = (meta["source"]["sha256"].as_str().unwrap(), mirror.version.clone());
+    let root = tempfile::tempdir().unwrap();
+    // The entry the bytes would be found as: whatever happens, no kernel build starts.
+    copy_entry(&src, root.path(), meta["key"].as_str().unwrap(), |_| {});
+    let tar_url = format!("{}/pub/linux/kernel/v6.x/linux-{version}.tar.xz", mirror.url);
+    fail_with(
+        &mut mirror.cmd(root.path(), &["kernel", "build", "6.12"]),
+        &[&"0".repeat(64), sha, &tar_url, &format!("linux-{version}.tar.xz"), "sha256sums.asc"],
+    );
+    assert_eq!(downloads(root.path()), Vec::<String>::new(), "nothing left in the downloads");
+    mirror.stop();
+}
+
+/// A mirror that publishes no sums: refused with what to do, unless explicitly allowed.
+#[test]
+fn a_mirror_without_sums_is_refused_unless_allowed() {
+    let Some(src) = default_entry_dir() else { return };
+    let Some(mirror) = Mirror::start(&src, Sums::Missing) else { return };
+    let root = tempfile::tempdir().unwrap();
+    let meta: serde_json::Value = serde_json::from_slice(&fs::read(src.join("metadata.json")).unwrap()).unwrap();
+    let key = meta["key"].as_str().unwrap();
+    copy_entry(&src, root.path(), key, |_| {});
+    fail_with(
+        &mut mirror.cmd(root.path(), &["kernel", "build", "6.12"]),
+        &["no published sha256", "sha256sums.asc", "KTSTR_ALLOW_UNVERIFIED_DOWNLOAD=1"],
+    );
+    assert_eq!(downloads(root.path()), Vec::<String>::new(), "nothing downloaded");
+    let mut allowed = mirror.cmd(root.path(), &["kernel", "build", "6.12", "--json"]);
+    let out = run(allowed.env("KTSTR_ALLOW_UNVERIFIED_DOWNLOAD", "1"));
+    assert_eq!(json(&out)["key"], key);
+    assert!(text(&out.stderr).contains("not verified"), "{}", text(&out.stderr));
+    mirror.stop();
+}
+
+/// A fake kernel entry (metadata and a 3-byte bzImage) and a fake scheduler build for it.
+fn fake_kernel(root: &Path, key: &str, built_at: &str) {
+    let dir = root.join(key);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("bzImage"), "img").unwrap();
+    let meta = serde_json::json!({
+        "key": key, "version": "6.12.1", "flavour": "minimal",
+        "source": {"type": "tarball", "origin": "fake", "sha256": "ab".repeat(32)},
+        "config_hash": "000000000000", "built_at": built_at, "build_secs": 1.0,
+        "files": [{"name": "bzImage", "size": 3}], "ktstr_version": "fake",
+    });
+    fs::write(dir.join("metadata.json"), meta.to_string()).unwrap();
+}
+
+fn fake_sched_build(root: &Path, kernel_key: &str) -> std::path::PathBuf {
+    let dir = root.join(".schedulers").join(format!("{kernel_key}-s0123"));
+    fs::create_dir_all(dir.join("bin")).unwrap();
+    let meta = serde_json::json!({
+        "key": format!("{kernel_key}-s0123"), "kernel_key": kernel_key, "clang": "fake",
+        "built_at": "2026-01-01T00:00:00Z", "build_secs": 1.0, "schedulers": [],
+    });
+    fs::write(dir.join("metadata.json"), meta.to_string()).unwrap();
+    dir
+}
+
+/// Scheduler builds live in the cache root the user named, are not listed as kernels, and
+/// `kernel clean` removes them with their kernels, and orphans.
+#[test]
+fn kernel_clean_removes_scheduler_builds_with_their_kernels_fake() {
+    let parent = tempfile::tempdir().unwrap();
+    let root = parent.path().join("k");
+    fake_kernel(&root, "new", "2026-02-01T00:00:00Z");
+    fake_kernel(&root, "old", "2026-01-01T00:00:00Z");
+    let (new, old, orphan) =
+        (fake_sched_build(&root, "new"), fake_sched_build(&root, "old"), fake_sched_build(&root, "gone"));
+    let env = |c: &mut std::process::Command| {
+        c.env("KTSTR_CACHE_DIR", &root);
+    };
+    let mut list = host();
+    env(list.args(["kernel", "list", "--json"]));
+    let keys: Vec<String> =
+        json(&run(&mut list)).as_array().unwrap().iter().map(|r| r["key"].as_str().unwrap().to_string()).collect();
+    assert_eq!(keys, ["new", "old"], "the scheduler folder is not a kernel entry");
+    let mut sched_list = host();
+    env(sched_list.args(["sched", "list", "--json"]));
+    assert_eq!(json(&run(&mut sched_list)).as_array().unwrap().len(), 3);
+
+    let mut clean = host();
+    env(clean.args(["kernel", "clean", "--keep", "1"]));
+    let out = run(&mut clean);
+    assert!(out.status.success());
+    assert!(root.join("new").is_dir() && new.is_dir(), "the kept kernel keeps its schedulers");
+    assert!(!root.join("old").exists() && !old.exists(), "schedulers go with their kernel");
+    assert!(!orphan.exists(), "orphans go");
+    assert!(text(&out.stdout).contains("removed scheduler build"), "{}", text(&out.stdout));
+    assert_eq!(fs::read_dir(parent.path()).unwrap().count(), 1, "nothing outside the named root");
+
+    let mut all = host();
+    env(all.args(["kernel", "clean"]));
+    assert!(run(&mut all).status.success());
+    assert!(!new.exists());
 }

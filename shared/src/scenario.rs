@@ -44,6 +44,24 @@ pub const MAX_CACHE_KB: u32 = 1 << 20;
 pub const MAX_IO_BLOCK_KB: u32 = 1024;
 /// Largest `cpu.weight` (the kernel's range is 1..=10000).
 pub const MAX_WEIGHT: u32 = 10_000;
+/// Longest run time, step hold and sequence phase, ms (24 h): with every bound below, the
+/// times, counts and deadlines derived from a valid scenario fit their types with room.
+pub const MAX_DURATION_MS: u32 = 86_400_000;
+/// Longest sampling period, ms.
+pub const MAX_SAMPLE_PERIOD_MS: u32 = 60_000;
+/// Most steps, and most operations over all steps.
+pub const MAX_STEPS: usize = 1024;
+pub const MAX_OPS: usize = 4096;
+/// Most phases of a [`WorkType::Sequence`].
+pub const MAX_PHASES: usize = 64;
+/// Longest sleep of [`WorkType::Mixed`] and [`WorkType::IoSync`], µs (10 s).
+pub const MAX_SLEEP_US: u32 = 10_000_000;
+/// Longest burst and sleep of [`WorkType::Bursty`], ms.
+pub const MAX_BURST_MS: u32 = 10_000;
+/// Most spin iterations per turn (about a second of spinning).
+pub const MAX_SPIN_ITERS: u32 = 1_000_000_000;
+/// Longest [`WorkType::PeriodicTimer`] period, µs (10 s).
+pub const MAX_PERIOD_US: u32 = 10_000_000;
 
 /// Everything one scenario run does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -250,17 +268,7 @@ impl Scenario {
 
     /// Checks everything the guest relies on; the error names the place and the problem.
     pub fn validate(&self) -> Result<(), ScenarioError> {
-        let top = |problem| ScenarioError { at: "scenario".into(), problem };
-        if self.duration_ms == 0 {
-            return Err(top(Problem::ZeroDuration));
-        }
-        if self.sample_period_ms != 0 && self.sample_period_ms < MIN_SAMPLE_PERIOD_MS {
-            return Err(top(Problem::SamplePeriod { ms: self.sample_period_ms }));
-        }
-        let holds: u64 = self.steps.iter().map(|s| u64::from(s.hold_ms)).sum();
-        if holds > u64::from(self.duration_ms) {
-            return Err(top(Problem::StepsTooLong { holds_ms: holds, duration_ms: self.duration_ms }));
-        }
+        self.validate_sizes().map_err(|problem| ScenarioError { at: "scenario".into(), problem })?;
         let mut live = Live::default();
         for (i, cg) in self.cgroups.iter().enumerate() {
             live.add(cg).map_err(|p| ScenarioError { at: format!("cgroups[{i}] ({})", cg.name), problem: p })?;
@@ -271,15 +279,49 @@ impl Scenario {
                 live.apply(op).map_err(|problem| ScenarioError { at: at(), problem })?;
             }
         }
-        let (defs, workers) = (self.cgroup_defs().count(), self.workers().count());
-        if defs > MAX_CGROUPS {
-            return Err(top(Problem::TooManyCgroups { n: defs }));
-        }
-        if workers > MAX_WORKERS {
-            return Err(top(Problem::TooManyWorkers { n: workers }));
+        // From the specs, not by counting workers one by one: a count may be 4 billion.
+        let workers = self.cgroup_defs().flat_map(|d| &d.workers).fold(0u64, |n, w| n.saturating_add(w.count.into()));
+        if workers > MAX_WORKERS as u64 {
+            let n = usize::try_from(workers).unwrap_or(usize::MAX);
+            return Err(ScenarioError { at: "scenario".into(), problem: Problem::TooManyWorkers { n } });
         }
         Ok(())
     }
+
+    /// Times and sizes, before anything is iterated per cgroup or worker.
+    fn validate_sizes(&self) -> Result<(), Problem> {
+        if self.duration_ms == 0 {
+            return Err(Problem::ZeroDuration);
+        }
+        at_most("duration_ms", self.duration_ms.into(), MAX_DURATION_MS.into()).map_err(Problem::Bound)?;
+        if self.sample_period_ms != 0 && self.sample_period_ms < MIN_SAMPLE_PERIOD_MS {
+            return Err(Problem::SamplePeriod { ms: self.sample_period_ms });
+        }
+        at_most("sample_period_ms", self.sample_period_ms.into(), MAX_SAMPLE_PERIOD_MS.into())
+            .map_err(Problem::Bound)?;
+        let ops: usize = self.steps.iter().map(|s| s.ops.len()).fold(0, usize::saturating_add);
+        let adds = self.steps.iter().flat_map(|s| &s.ops).filter(|op| matches!(op, Op::AddCgroup(_))).count();
+        for (n, what, max) in [
+            (self.steps.len(), "steps", MAX_STEPS),
+            (ops, "operations", MAX_OPS),
+            (self.cgroups.len().saturating_add(adds), "cgroups", MAX_CGROUPS),
+        ] {
+            if n > max {
+                return Err(Problem::TooMany { what, n, max });
+            }
+        }
+        // At most MAX_STEPS holds of u32: the sum cannot overflow.
+        let holds: u64 = self.steps.iter().map(|s| u64::from(s.hold_ms)).sum();
+        if holds > u64::from(self.duration_ms) {
+            return Err(Problem::StepsTooLong { holds_ms: holds, duration_ms: self.duration_ms });
+        }
+        Ok(())
+    }
+}
+
+/// `what value is above max`, for the numeric bounds.
+fn at_most(what: &str, value: u64, max: u64) -> Result<(), String> {
+    if value > max { Err(format!("{what} {value} is above {max}")) } else { Ok(()) }
 }
 
 /// Cgroups alive at one point of a scenario, for validation.
@@ -416,7 +458,8 @@ impl WorkerSpec {
         WorkerSpec { count, work, policy: SchedPolicy::Normal, nice: 0, affinity: None }
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Checks one spec on its own (the scenario's totals are checked by [`Scenario::validate`]).
+    pub fn validate(&self) -> Result<(), String> {
         if self.count == 0 {
             return Err("count is 0; a worker spec needs at least one worker".into());
         }
@@ -494,9 +537,30 @@ impl WorkType {
         ]
     }
 
+    /// The largest value of each numeric parameter: (name, value, bound).
+    fn limits(&self) -> Vec<(&'static str, u32, u32)> {
+        match *self {
+            WorkType::Mixed { sleep_us } | WorkType::IoSync { sleep_us, .. } => {
+                alloc::vec![("sleep_us", sleep_us, MAX_SLEEP_US)]
+            }
+            WorkType::Bursty { burst_ms, sleep_ms } => {
+                alloc::vec![("burst_ms", burst_ms, MAX_BURST_MS), ("sleep_ms", sleep_ms, MAX_BURST_MS)]
+            }
+            WorkType::PipePingPong { spin_iters }
+            | WorkType::FutexPingPong { spin_iters }
+            | WorkType::FutexFanOut { spin_iters, .. }
+            | WorkType::AffinityChurn { spin_iters } => alloc::vec![("spin_iters", spin_iters, MAX_SPIN_ITERS)],
+            WorkType::PeriodicTimer { period_us, .. } => alloc::vec![("period_us", period_us, MAX_PERIOD_US)],
+            _ => Vec::new(),
+        }
+    }
+
     /// `top`: a worker's own work type (not a phase of a sequence).
     fn validate(&self, top: bool) -> Result<(), String> {
         let bad = |why: &str| Err(format!("{}: {why}", self.name()));
+        for (what, value, max) in self.limits() {
+            at_most(what, value.into(), max.into()).map_err(|why| format!("{}: {why}", self.name()))?;
+        }
         match self {
             WorkType::FutexFanOut { fan_out, .. } if !(1..=MAX_FAN_OUT).contains(fan_out) => {
                 bad("fan_out must be 1..=64")
@@ -521,10 +585,15 @@ impl WorkType {
         if phases.is_empty() {
             return Err("sequence: phases is empty".into());
         }
+        if phases.len() > MAX_PHASES {
+            return Err(format!("sequence: {} phases, more than {MAX_PHASES}", phases.len()));
+        }
         for (i, p) in phases.iter().enumerate() {
             if p.duration_ms == 0 {
                 return Err(format!("sequence: phases[{i}].duration_ms is 0"));
             }
+            at_most("duration_ms", p.duration_ms.into(), MAX_DURATION_MS.into())
+                .map_err(|why| format!("sequence: phases[{i}].{why}"))?;
             p.work.validate(false).map_err(|why| format!("sequence: phases[{i}]: {why}"))?;
         }
         Ok(())
@@ -625,21 +694,62 @@ pub struct ScenarioError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
     ZeroDuration,
-    SamplePeriod { ms: u32 },
-    StepsTooLong { holds_ms: u64, duration_ms: u32 },
-    BadName { name: String, why: &'static str },
-    DuplicateCgroup { name: String },
-    UnknownParent { parent: String, live: String },
-    UnknownCgroup { name: String, live: String },
-    WorkersInParent { parent: String },
-    RemoveParent { name: String },
-    MoveToSelf { name: String },
-    Weight { weight: u32 },
-    EmptyCpuList { what: &'static str },
-    CpuOutOfRange { what: &'static str, cpu: u32 },
-    Worker { index: usize, why: String },
-    TooManyCgroups { n: usize },
-    TooManyWorkers { n: usize },
+    SamplePeriod {
+        ms: u32,
+    },
+    StepsTooLong {
+        holds_ms: u64,
+        duration_ms: u32,
+    },
+    BadName {
+        name: String,
+        why: &'static str,
+    },
+    DuplicateCgroup {
+        name: String,
+    },
+    UnknownParent {
+        parent: String,
+        live: String,
+    },
+    UnknownCgroup {
+        name: String,
+        live: String,
+    },
+    WorkersInParent {
+        parent: String,
+    },
+    RemoveParent {
+        name: String,
+    },
+    MoveToSelf {
+        name: String,
+    },
+    Weight {
+        weight: u32,
+    },
+    EmptyCpuList {
+        what: &'static str,
+    },
+    CpuOutOfRange {
+        what: &'static str,
+        cpu: u32,
+    },
+    Worker {
+        index: usize,
+        why: String,
+    },
+    TooManyWorkers {
+        n: usize,
+    },
+    /// More steps, operations or cgroups than their limit.
+    TooMany {
+        what: &'static str,
+        n: usize,
+        max: usize,
+    },
+    /// A number above its bound (the text names it).
+    Bound(String),
 }
 
 impl fmt::Display for Problem {
@@ -670,8 +780,9 @@ impl fmt::Display for Problem {
             Problem::EmptyCpuList { what } => write!(f, "{what} is an empty CPU list; leave it out instead"),
             Problem::CpuOutOfRange { what, cpu } => write!(f, "{what} names CPU {cpu}, beyond {}", MAX_CPUS - 1),
             Problem::Worker { index, why } => write!(f, "workers[{index}]: {why}"),
-            Problem::TooManyCgroups { n } => write!(f, "{n} cgroups in all, more than {MAX_CGROUPS}"),
             Problem::TooManyWorkers { n } => write!(f, "{n} workers in all, more than {MAX_WORKERS}"),
+            Problem::TooMany { what, n, max } => write!(f, "{n} {what} in all, more than {max}"),
+            Problem::Bound(why) => f.write_str(why),
         }
     }
 }

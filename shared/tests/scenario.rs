@@ -228,3 +228,44 @@ fn self_describing_form_is_readable_and_defaults_apply() {
     let back: Scenario = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
     assert_eq!(back, s);
 }
+
+/// A huge count is refused from the specs, not by counting workers one by one (the test would
+/// take minutes in a debug build otherwise); every number that feeds arithmetic has a bound.
+#[test]
+fn numbers_beyond_their_bounds_are_refused_at_once() {
+    let start = std::time::Instant::now();
+    let huge = Scenario::new(vec![CgroupSpec::new("cg").with_workers(4_000_000_000, WorkType::CpuSpin)], 10);
+    assert_eq!(problem(&huge).1, Problem::TooManyWorkers { n: 4_000_000_000 });
+    assert!(start.elapsed() < std::time::Duration::from_secs(5), "counted one by one: {:?}", start.elapsed());
+    let mut two = huge.clone();
+    two.cgroups.push(CgroupSpec::new("cg2").with_workers(u32::MAX, WorkType::CpuSpin));
+    assert!(matches!(problem(&two).1, Problem::TooManyWorkers { .. }));
+
+    let long = Scenario::new(vec![], u32::MAX);
+    assert!(problem(&long).0.contains("duration_ms 4294967295"), "{}", problem(&long).0);
+    let mut slow = full();
+    slow.sample_period_ms = u32::MAX;
+    assert!(problem(&slow).0.contains("sample_period_ms 4294967295"), "{}", problem(&slow).0);
+    let mut steps = Scenario::new(vec![], 10);
+    steps.steps = vec![Step { ops: vec![], hold_ms: 0 }; 100_000];
+    assert!(problem(&steps).0.contains("100000 steps"), "{}", problem(&steps).0);
+
+    let works = [
+        (WorkType::Mixed { sleep_us: u32::MAX }, "sleep_us"),
+        (WorkType::Bursty { burst_ms: u32::MAX, sleep_ms: 1 }, "burst_ms"),
+        (WorkType::Bursty { burst_ms: 1, sleep_ms: u32::MAX }, "sleep_ms"),
+        (WorkType::PipePingPong { spin_iters: u32::MAX }, "spin_iters"),
+        (WorkType::FutexFanOut { fan_out: 1, spin_iters: u32::MAX }, "spin_iters"),
+        (WorkType::AffinityChurn { spin_iters: u32::MAX }, "spin_iters"),
+        (WorkType::PeriodicTimer { period_us: u32::MAX, spin_us: 0 }, "period_us"),
+        (WorkType::IoSync { block_kb: 1, sleep_us: u32::MAX }, "sleep_us"),
+        (WorkType::Sequence { phases: vec![Phase { work: WorkType::CpuSpin, duration_ms: u32::MAX }] }, "duration_ms"),
+        (WorkType::Sequence { phases: vec![Phase { work: WorkType::CpuSpin, duration_ms: 1 }; 10_000] }, "phases"),
+    ];
+    for (work, field) in works {
+        let n = work.group_size();
+        let s = Scenario::new(vec![CgroupSpec::new("cg").with_workers(n, work.clone())], 10);
+        let (msg, _) = problem(&s);
+        assert!(msg.starts_with("cgroups[0] (cg): workers[0]: ") && msg.contains(field), "{work:?}: {msg}");
+    }
+}

@@ -485,6 +485,11 @@ fn clean(cache: &Cache, a: &CleanArgs) -> Result<()> {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
         println!("removed leftover {}", tmp.display());
     }
+    // Scheduler builds go with the kernels they were built for.
+    for dir in crate::sched::build::prune(cache)? {
+        println!("removed scheduler build {}", dir.display());
+        removed += 1;
+    }
     if a.work {
         let work = cache.work_dir();
         if work.exists() {

@@ -5,7 +5,10 @@
 //!   `config`, `metadata.json`;
 //! - `.tmp-*` entries being written (renamed into place when complete);
 //! - `.locks/` flock files, so two builds of one key do one build;
-//! - `.work/` extracted sources, out-of-tree build dirs and downloads (incremental rebuilds).
+//! - `.work/` extracted sources, out-of-tree build dirs and downloads (incremental rebuilds);
+//! - `.schedulers/` the in-tree sched_ext schedulers built per kernel (`sched::build`).
+//!
+//! Names starting with `.` are never entries.
 
 use super::kconfig::Flavour;
 use serde::{Deserialize, Serialize};
@@ -254,7 +257,8 @@ impl Cache {
     }
 }
 
-fn pid_alive(tmp_name: &str) -> bool {
+/// Whether the process named by the `-<pid>` suffix of a temp dir name still runs.
+pub(crate) fn pid_alive(tmp_name: &str) -> bool {
     let pid = tmp_name.rsplit('-').next().and_then(|p| p.parse::<u32>().ok());
     pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
 }

@@ -7,6 +7,7 @@ pub mod imagefile;
 pub mod kconfig;
 pub mod make;
 pub mod source;
+pub mod sums;
 
 use crate::progress::Progress;
 use cache::{BZIMAGE, CONFIG, Cache, Entry, EntryState, Metadata, SourceInfo, VMLINUX};
@@ -97,22 +98,25 @@ pub fn build(cache: &Cache, req: &BuildRequest) -> Result<Kernel, KernelError> {
         SourceSpec::Version(v) => {
             progress.phase(&format!("resolve {v} on kernel.org"));
             let (version, url) = download::resolve(v)?;
+            // `version` passed download::is_release_version: digits, dots and `-rc`.
             let dest = cache.work_dir().join("downloads").join(format!("linux-{version}.tar.xz"));
+            let published = download::published_sha256(&url)?;
             progress.phase(&format!("download {url}"));
-            download::fetch(&url, &dest, |n| progress.detail(&format!("{} MiB", n >> 20)))?;
-            Some((dest, Some(url)))
+            let sha =
+                download::fetch(&url, &dest, published.as_ref(), |n| progress.detail(&format!("{} MiB", n >> 20)))?;
+            Some((dest, Some((url, sha))))
         }
     };
     let prepared = match tarball {
         None => prepare_tree(cache, &req.source, req.flavour)?,
-        Some((path, url)) => {
+        Some((path, downloaded)) => {
             progress.phase(&format!("hash {}", path.display()));
-            let info = match (&req.source, url) {
+            let info = match (&req.source, downloaded) {
                 (SourceSpec::Distro, _) => source::distro_info(&path)?,
-                (_, url) => SourceInfo::Tarball {
-                    origin: url.unwrap_or_else(|| path.display().to_string()),
-                    sha256: source::sha256_file(&path)?,
-                },
+                (_, Some((origin, sha256))) => SourceInfo::Tarball { origin, sha256 },
+                (_, None) => {
+                    SourceInfo::Tarball { origin: path.display().to_string(), sha256: source::sha256_file(&path)? }
+                }
             };
             if !req.force
                 && let Some(hit) = cache.find(&info.identity(), req.flavour, &cfg)?

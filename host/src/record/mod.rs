@@ -15,6 +15,7 @@
 //!   first [`MAX_EVENTS`] / [`MAX_EVENTS`] / [`MAX_LOGS`] (the rest are counted; error logs
 //!   are always counted).
 
+mod validate;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -210,7 +211,9 @@ impl RunRecord {
         if format.is_some_and(|f| f != RECORD_FORMAT) {
             return Err(RecordError::Format { path: path.into(), found: format.unwrap_or(0) });
         }
-        serde_json::from_slice(&bytes).map_err(|err| RecordError::Json { path: path.into(), err })
+        serde_json::from_slice(&bytes)
+            .map_err(|err| RecordError::Json { path: path.into(), err })
+            .and_then(|rec| validate::checked(rec, path))
     }
 }
 
@@ -283,7 +286,13 @@ mod tests {
                 source: "catalog".into(),
                 duration_scale: 1.0,
             },
-            plan: Scenario::new(Vec::new(), 100),
+            plan: Scenario::new(
+                vec![
+                    ktstr_shared::scenario::CgroupSpec::new("cg")
+                        .with_workers(2, ktstr_shared::scenario::WorkType::CpuSpin),
+                ],
+                100,
+            ),
             expect: Expect::default(),
             topology: Topology::default(),
             scheduler: SchedulerInfo::eevdf(),

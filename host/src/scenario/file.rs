@@ -3,11 +3,15 @@
 //! The file mirrors [`ktstr_shared::scenario`] (same field and variant names) with host-only
 //! conveniences: CPU sets as selections ([`CpuSpec`]), worker counts per CPU, a name, a
 //! description of what the scenario proves, and `[expect]`ations for the verdict. Values whose
-//! resolution can fail keep their byte span, so errors point at `file:line:col`.
+//! resolution can fail keep their byte span, so errors point at `file:line:col`; numbers out of
+//! their bounds (see the `MAX_*` of [`ktstr_shared::scenario`]) are refused there, at once.
 
 use std::fmt;
 
-use ktstr_shared::scenario::{CgroupSpec, CpuList, Op, Scenario, SchedPolicy, Step, WorkType, WorkerSpec};
+use ktstr_shared::scenario::{
+    CgroupSpec, CpuList, MAX_DURATION_MS, MAX_SAMPLE_PERIOD_MS, MAX_WORKERS, Op, Scenario, SchedPolicy, Step, WorkType,
+    WorkerSpec,
+};
 use ktstr_shared::topology::Topology;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
@@ -27,7 +31,7 @@ pub struct File {
     #[serde(default)]
     pub description: String,
     pub duration_ms: Spanned<u32>,
-    pub sample_period_ms: Option<u32>,
+    pub sample_period_ms: Option<Spanned<u32>>,
     #[serde(default)]
     pub cgroups: Vec<Spanned<FileCgroup>>,
     #[serde(default)]
@@ -42,7 +46,7 @@ pub struct FileCgroup {
     pub cpuset: Option<Spanned<CpuSpec>>,
     pub weight: Option<u32>,
     #[serde(default)]
-    pub workers: Vec<FileWorker>,
+    pub workers: Vec<Spanned<FileWorker>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,7 +73,7 @@ pub enum Count {
 pub struct FileStep {
     #[serde(default)]
     pub ops: Vec<Spanned<FileOp>>,
-    pub hold_ms: u32,
+    pub hold_ms: Spanned<u32>,
 }
 
 /// [`Op`] with CPU selections.
@@ -97,13 +101,25 @@ fn at<T>(s: &Spanned<T>, msg: impl fmt::Display) -> Located {
     Located { span: s.span(), msg: msg.to_string() }
 }
 
+/// `value` of `what` at `s` is at most `max`.
+fn at_most(s: &Spanned<u32>, what: &str, max: u32) -> Result<u32, Located> {
+    match *s.as_ref() {
+        v if v > max => Err(at(s, format!("{what} {v} is above {max}"))),
+        v => Ok(v),
+    }
+}
+
 /// Resolves CPU selections and per-CPU counts against `topo`.
 pub fn to_scenario(f: &File, topo: &Topology) -> Result<Scenario, Located> {
+    let duration_ms = at_most(&f.duration_ms, "duration_ms", MAX_DURATION_MS)?;
+    let sample_period_ms = match &f.sample_period_ms {
+        Some(p) => at_most(p, "sample_period_ms", MAX_SAMPLE_PERIOD_MS)?,
+        None => ktstr_shared::scenario::DEFAULT_SAMPLE_PERIOD_MS,
+    };
     let mut r = Resolver { topo, declared: Vec::new() };
     let cgroups = f.cgroups.iter().map(|cg| r.cgroup(cg.as_ref())).collect::<Result<_, _>>()?;
     let steps = f.steps.iter().map(|s| r.step(s)).collect::<Result<_, _>>()?;
-    let sample_period_ms = f.sample_period_ms.unwrap_or(ktstr_shared::scenario::DEFAULT_SAMPLE_PERIOD_MS);
-    Ok(Scenario { cgroups, steps, duration_ms: *f.duration_ms.as_ref(), sample_period_ms })
+    Ok(Scenario { cgroups, steps, duration_ms, sample_period_ms })
 }
 
 struct Resolver<'a> {
@@ -139,7 +155,8 @@ impl Resolver<'_> {
         Ok(CgroupSpec { name: cg.name.clone(), cpuset, weight: cg.weight, workers })
     }
 
-    fn worker(&self, w: &FileWorker, cgroup_cpus: &[u32]) -> Result<WorkerSpec, Located> {
+    fn worker(&self, sw: &Spanned<FileWorker>, cgroup_cpus: &[u32]) -> Result<WorkerSpec, Located> {
+        let w = sw.as_ref();
         let affinity = self.opt_cpus(&w.affinity)?;
         let count = match *w.count.as_ref() {
             Count::Fixed(n) => n,
@@ -148,15 +165,22 @@ impl Resolver<'_> {
                     Some(a) => a.0.iter().filter(|c| cgroup_cpus.contains(c)).count(),
                     None => cgroup_cpus.len(),
                 };
-                n.checked_mul(usable.max(1) as u32).ok_or_else(|| at(&w.count, "per_cpu count overflows"))?
+                // Both factors are bounded (MAX_WORKERS, MAX_CPUS): no overflow.
+                let n = u64::from(n) * usable.max(1) as u64;
+                if n > MAX_WORKERS as u64 {
+                    return Err(at(&w.count, format!("per_cpu count makes {n} workers, more than {MAX_WORKERS}")));
+                }
+                n as u32
             }
         };
-        Ok(WorkerSpec { count, work: w.work.clone(), policy: w.policy, nice: w.nice, affinity })
+        let spec = WorkerSpec { count, work: w.work.clone(), policy: w.policy, nice: w.nice, affinity };
+        spec.validate().map_err(|why| at(sw, why))?;
+        Ok(spec)
     }
 
     fn step(&mut self, s: &FileStep) -> Result<Step, Located> {
         let ops = s.ops.iter().map(|op| self.op(op)).collect::<Result<_, _>>()?;
-        Ok(Step { ops, hold_ms: s.hold_ms })
+        Ok(Step { ops, hold_ms: at_most(&s.hold_ms, "hold_ms", MAX_DURATION_MS)? })
     }
 
     fn op(&mut self, op: &Spanned<FileOp>) -> Result<Op, Located> {
@@ -210,15 +234,24 @@ impl<'de> Visitor<'de> for CountVisitor {
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Count, E> {
-        u32::try_from(v).map(Count::Fixed).map_err(|_| E::custom(format!("count {v} is out of range")))
+        let v = u64::try_from(v).map_err(|_| E::custom(format!("count {v} is negative")))?;
+        bounded(v, "count").map(Count::Fixed)
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Count, E> {
-        u32::try_from(v).map(Count::Fixed).map_err(|_| E::custom(format!("count {v} is out of range")))
+        bounded(v, "count").map(Count::Fixed)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Count, A::Error> {
         let p = PerCpu::deserialize(de::value::MapAccessDeserializer::new(map))?;
-        Ok(Count::PerCpu(p.per_cpu))
+        bounded(p.per_cpu.into(), "per_cpu").map(Count::PerCpu)
+    }
+}
+
+/// A worker count of at most [`MAX_WORKERS`].
+fn bounded<E: de::Error>(v: u64, what: &str) -> Result<u32, E> {
+    match u32::try_from(v) {
+        Ok(n) if n as usize <= MAX_WORKERS => Ok(n),
+        _ => Err(E::custom(format!("{what} {v} is above {MAX_WORKERS}, the most workers a scenario may have"))),
     }
 }

@@ -27,6 +27,13 @@ pub type Span = Range<usize>;
 
 /// Largest `--duration-scale`.
 pub const MAX_SCALE: f64 = 100.0;
+/// Largest `max_spread_pct`, `cpu_ratio.ratio` and `min_units_per_sec` an `[expect]` may give.
+pub const MAX_SPREAD_PCT: f64 = 1000.0;
+pub const MAX_RATIO: f64 = 1e6;
+pub const MAX_UNITS_PER_SEC: f64 = 1e12;
+/// Largest `max_gap_ms` (the longest run) and `p99_wake_us` (a minute).
+pub const MAX_GAP_MS: u64 = ktstr_shared::scenario::MAX_DURATION_MS as u64;
+pub const MAX_P99_WAKE_US: u64 = 60_000_000;
 
 /// What a scenario declares about its own outcome, beyond the default thresholds
 /// (`[expect]` in the file). Command-line thresholds override these.
@@ -130,8 +137,9 @@ pub fn from_toml(text: &str, origin: &str, source: &str, topo: &Topology, scale:
     let mut scenario = file::to_scenario(&f, topo).map_err(|l| err_at(Some(l.span), l.msg))?;
     scenario.validate().map_err(|e| err_at(file::span_of(&f, &e.at), e.to_string()))?;
     let expect = f.expect.as_ref().map(|e| e.as_ref().clone()).unwrap_or_default();
-    check_expect(&expect, &scenario).map_err(|msg| err_at(f.expect.as_ref().map(|e| e.span()), msg))?;
+    expect.check(&scenario).map_err(|msg| err_at(f.expect.as_ref().map(|e| e.span()), msg))?;
     scale_durations(&mut scenario, scale);
+    scenario.validate().map_err(|e| err_at(None, format!("with --duration-scale {scale}: {e}")))?;
     let name = f.name.clone().unwrap_or_else(|| file_stem(origin));
     let info = ScenarioInfo {
         name,
@@ -156,26 +164,45 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-fn check_expect(e: &Expect, scn: &Scenario) -> Result<(), String> {
-    if let Some(r) = &e.cpu_ratio {
-        for name in &r.cgroups {
-            if !scn.cgroup_defs().any(|d| &d.name == name) {
-                return Err(format!("expect.cpu_ratio names cgroup {name:?}, which the scenario does not define"));
+impl Expect {
+    /// Checks the expectations against the scenario and their bounds (the verdict's
+    /// arithmetic relies on them); the error names the field.
+    pub fn check(&self, scn: &Scenario) -> Result<(), String> {
+        if let Some(r) = &self.cpu_ratio {
+            for name in &r.cgroups {
+                if !scn.cgroup_defs().any(|d| &d.name == name) {
+                    return Err(format!("expect.cpu_ratio names cgroup {name:?}, which the scenario does not define"));
+                }
+            }
+            in_range(Some(r.ratio), "cpu_ratio.ratio", MAX_RATIO)?;
+            if !(r.tolerance > 0.0 && r.tolerance <= 1.0) {
+                return Err(format!(
+                    "expect.cpu_ratio.tolerance {} must be in (0, 1] (a fraction of ratio)",
+                    r.tolerance
+                ));
             }
         }
-        if !(r.ratio.is_finite() && r.ratio > 0.0) {
-            return Err(format!("expect.cpu_ratio.ratio {} must be a number above 0", r.ratio));
+        in_range(self.max_spread_pct, "max_spread_pct", MAX_SPREAD_PCT)?;
+        in_range(self.min_units_per_sec, "min_units_per_sec", MAX_UNITS_PER_SEC)?;
+        for (v, what, max) in
+            [(self.max_gap_ms, "max_gap_ms", MAX_GAP_MS), (self.p99_wake_us, "p99_wake_us", MAX_P99_WAKE_US)]
+        {
+            if let Some(v) = v.filter(|v| *v > max) {
+                return Err(format!("expect.{what} {v} is above {max}"));
+            }
         }
-        if !(r.tolerance > 0.0 && r.tolerance <= 1.0) {
-            return Err(format!("expect.cpu_ratio.tolerance {} must be in (0, 1] (a fraction of ratio)", r.tolerance));
-        }
+        Ok(())
     }
-    let positive = |v: Option<f64>, what: &str| match v {
-        Some(x) if !(x.is_finite() && x > 0.0) => Err(format!("expect.{what} {x} must be a number above 0")),
+}
+
+/// `v`, when given, is a number above 0 and at most `max`.
+fn in_range(v: Option<f64>, what: &str, max: f64) -> Result<(), String> {
+    match v {
+        Some(x) if !(x.is_finite() && x > 0.0 && x <= max) => {
+            Err(format!("expect.{what} {x} must be a number above 0 and at most {max}"))
+        }
         _ => Ok(()),
-    };
-    positive(e.max_spread_pct, "max_spread_pct")?;
-    positive(e.min_units_per_sec, "min_units_per_sec")
+    }
 }
 
 /// Scales the run time and step holds by `scale` (holds round down, the run time up, so the
@@ -353,5 +380,39 @@ max_gap_ms = 3000
         assert!(unknown.contains("unknown scenario \"basic_spn\""), "{unknown}");
         let missing = load("/no/such.toml", &t, 1.0).unwrap_err().to_string();
         assert!(missing.contains("cannot read scenario file /no/such.toml"), "{missing}");
+    }
+
+    /// Numbers beyond the limits are refused where they are written, at once: a huge count is
+    /// not counted worker by worker first, and nothing out of range reaches the arithmetic of
+    /// the deadline, the timeline or the verdict.
+    #[test]
+    fn out_of_bounds_numbers_are_refused_at_their_place() {
+        let cg = |worker: &str| format!("duration_ms = 10\n[[cgroups]]\nname = \"a\"\nworkers = [{worker}]\n");
+        let count = err(&cg("{ count = 4000000000, work = \"cpu_spin\" }"));
+        assert!(count.starts_with("test.toml:4:22:") && count.contains("1024"), "{count}");
+        let per_cpu = err(&cg("{ count = { per_cpu = 4000000000 }, work = \"cpu_spin\" }"));
+        assert!(per_cpu.starts_with("test.toml:4:") && per_cpu.contains("1024"), "{per_cpu}");
+        for (work, field) in [
+            ("{ mixed = { sleep_us = 4000000000 } }", "sleep_us"),
+            ("{ bursty = { burst_ms = 4000000000, sleep_ms = 1 } }", "burst_ms"),
+            ("{ bursty = { burst_ms = 1, sleep_ms = 4000000000 } }", "sleep_ms"),
+            ("{ affinity_churn = { spin_iters = 4000000000 } }", "spin_iters"),
+            ("{ periodic_timer = { period_us = 4000000000, spin_us = 0 } }", "period_us"),
+            ("{ io_sync = { block_kb = 1, sleep_us = 4000000000 } }", "sleep_us"),
+            ("{ sequence = { phases = [{ work = \"cpu_spin\", duration_ms = 4000000000 }] } }", "duration_ms"),
+        ] {
+            let e = err(&cg(&format!("{{ count = 1, work = {work} }}")));
+            assert!(e.starts_with("test.toml:4:") && e.contains(field), "{work}: {e}");
+        }
+        let top = |text: &str, at: &str, field: &str| {
+            let e = err(text);
+            assert!(e.starts_with(at) && e.contains(field), "{text}: {e}");
+        };
+        top("duration_ms = 4000000000\n", "test.toml:1:15:", "duration_ms");
+        top("duration_ms = 10\nsample_period_ms = 4000000000\n", "test.toml:2:20:", "sample_period_ms");
+        top("duration_ms = 4000000\n[[steps]]\nhold_ms = 4000000000\n", "test.toml:3:11:", "hold_ms");
+        top("duration_ms = 10\n[expect]\nmax_gap_ms = 9000000000000000000\n", "test.toml:2:1:", "max_gap_ms");
+        top("duration_ms = 10\n[expect]\np99_wake_us = 9000000000000000000\n", "test.toml:2:1:", "p99_wake_us");
+        top("duration_ms = 10\n[expect]\nmax_spread_pct = 1e300\n", "test.toml:2:1:", "max_spread_pct");
     }
 }

@@ -1,6 +1,8 @@
 //! The sched_ext schedulers that ship in the kernel tree (tools/sched_ext), built against a
 //! cached kernel's BTF with the distro's clang, and cached like kernels: one entry per
-//! (kernel, tools/sched_ext sources, clang), written to a temp dir and renamed into place.
+//! (kernel, tools/sched_ext sources, clang), written to a temp dir and renamed into place,
+//! under `<kernel cache root>/.schedulers/` and removed with the kernel they were built for
+//! (see [`prune`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -47,12 +49,52 @@ impl Built {
     }
 }
 
-/// Where scheduler entries live: next to the kernel cache (`~/.cache/ktstr/schedulers`).
+/// Where scheduler entries live: inside the kernel cache root, hidden (a dot name) so that
+/// `kernel list` does not take it for a kernel entry.
 pub fn root(cache: &Cache) -> PathBuf {
-    match cache.root.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.join("schedulers"),
-        _ => cache.root.join(".schedulers"),
+    cache.root.join(".schedulers")
+}
+
+/// Where older versions kept them: beside the cache root (`~/.cache/ktstr/schedulers`).
+fn legacy_root(cache: &Cache) -> Option<PathBuf> {
+    cache.root.parent().filter(|p| !p.as_os_str().is_empty()).map(|p| p.join("schedulers"))
+}
+
+/// Moves entry `key` from the legacy place into [`root`], if it is there (no rebuild after
+/// an upgrade); best effort.
+fn adopt_legacy(cache: &Cache, key: &str) -> Option<Built> {
+    let old = legacy_root(cache)?.join(key);
+    load(&old)?;
+    let new = root(cache).join(key);
+    fs::create_dir_all(root(cache)).ok()?;
+    fs::rename(&old, &new).ok()?;
+    load(&new)
+}
+
+/// Removes the scheduler builds whose kernel entry is gone or corrupt, unreadable ones, and
+/// leftovers of interrupted stores; returns what it removed.
+pub fn prune(cache: &Cache) -> Result<Vec<PathBuf>> {
+    let kernels: Vec<String> = cache.entries()?.into_iter().filter(|e| e.metadata().is_some()).map(|e| e.key).collect();
+    let dir = root(cache);
+    let rd = match fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    let mut removed = Vec::new();
+    for e in rd {
+        let path = e.with_context(|| format!("reading {}", dir.display()))?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let stale = match name.strip_prefix(".tmp-") {
+            Some(_) => !crate::kernel::cache::pid_alive(&name),
+            None => load(&path).is_none_or(|b| !kernels.contains(&b.meta.kernel_key)),
+        };
+        if stale {
+            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+            removed.push(path);
+        }
     }
+    Ok(removed)
 }
 
 /// The clang to compile BPF with, and its version line.
@@ -192,7 +234,7 @@ pub fn build(cache: &Cache, kernel: &Kernel, force: bool) -> Result<Built> {
     let src = kernel_source(cache, &entry)?;
     let key = format!("{}-s{}", entry.key, sources_hash(&src, &clang_version)?);
     let dir = root(cache).join(&key);
-    if !force && let Some(hit) = load(&dir) {
+    if !force && let Some(hit) = load(&dir).or_else(|| adopt_legacy(cache, &key)) {
         progress.finish(&format!("cached: {key}"));
         return Ok(hit);
     }
@@ -229,6 +271,7 @@ pub fn build(cache: &Cache, kernel: &Kernel, force: bool) -> Result<Built> {
 
 /// Copies the binaries into `.tmp-<key>-<pid>/bin` with the metadata and renames it into place.
 fn store(root: &Path, mut meta: SchedMeta, bin: &Path) -> Result<Built> {
+    fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
     let tmp = root.join(format!(".tmp-{}-{}", meta.key, std::process::id()));
     let mut fill = || -> Result<()> {
         let _ = fs::remove_dir_all(&tmp);
@@ -315,5 +358,19 @@ mod tests {
         };
         assert!(find(&cache, &k).is_some());
         assert!(kernel_entry(&cache, &Kernel { key: None, ..k }).unwrap_err().to_string().contains("--scheduler PATH"));
+    }
+
+    /// Scheduler builds live inside the cache root the user named, where `kernel list` does
+    /// not take them for a kernel.
+    #[test]
+    fn scheduler_builds_live_under_the_named_cache_root() {
+        for root in ["/x/k", "k", "/"] {
+            let cache = Cache::at(root.into());
+            assert!(super::root(&cache).starts_with(root), "{root}: {}", super::root(&cache).display());
+        }
+        let d = tempfile::tempdir().unwrap();
+        let cache = Cache::at(d.path().into());
+        fs::create_dir_all(super::root(&cache).join("k1-sa/bin")).unwrap();
+        assert!(cache.entries().unwrap().is_empty(), "listed as a kernel entry");
     }
 }
