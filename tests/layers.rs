@@ -161,6 +161,35 @@ fn init_and_shared_have_no_import_cycles() {
     }
 }
 
+/// Text files of the repository (tracked by git), for the self-containment check.
+fn tracked_files() -> Vec<PathBuf> {
+    let out = std::process::Command::new("git").arg("-C").arg(root()).args(["ls-files", "-z"]).output();
+    let Some(out) = out.ok().filter(|o| o.status.success()) else { return Vec::new() };
+    out.stdout
+        .split(|&b| b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| root().join(String::from_utf8_lossy(p).as_ref()))
+        .collect()
+}
+
+#[test]
+fn the_repository_points_at_nothing_outside_it() {
+    let files = tracked_files();
+    assert!(files.len() > 50, "git ls-files found {} files; is this a git checkout?", files.len());
+    // Notes that live beside a checkout, not in it.
+    let outside = ["../shared", "DESIGN.md", "notes/environment.md"];
+    let mut bad = Vec::new();
+    for f in files.iter().filter(|f| !f.ends_with("tests/layers.rs")) {
+        let Ok(text) = std::fs::read_to_string(f) else { continue };
+        for (n, line) in text.lines().enumerate() {
+            if let Some(o) = outside.iter().find(|o| line.contains(*o)) {
+                bad.push(format!("{}:{}: refers to {o}", f.display(), n + 1));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
 #[test]
 fn the_checker_catches_an_upward_import_and_a_cycle() {
     let tmp = tempfile::tempdir().unwrap();

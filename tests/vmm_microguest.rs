@@ -2,7 +2,7 @@
 //! KVM elsewhere). Each guest is a few instructions assembled here with iced-x86 and entered in
 //! long mode through the same setup path the VMM uses for kernels; each test asserts what the
 //! host sees. Guest code sticks to mov/out/in/loop/hlt-style instructions: PVM's emulator
-//! cannot run some others (see ../shared/notes/environment.md).
+//! cannot run some others (see ARCHITECTURE.md, "Test tiers").
 
 mod common;
 

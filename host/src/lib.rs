@@ -1,6 +1,6 @@
 //! ktstr-host: everything that runs on the host side of a ktstr run.
 //!
-//! One module per stage of a run (see DESIGN.md): `kernel` resolves and builds guest
+//! One module per stage of a run (see ARCHITECTURE.md): `kernel` resolves and builds guest
 //! kernels, `image` makes initramfs archives, `backend` boots them.
 
 pub mod app;

@@ -1,5 +1,5 @@
-//! Workarounds for instructions KVM's emulator cannot run under PVM (see
-//! ../shared/notes/environment.md): a real kernel's ring-0 code is emulated there, and `int3`,
+//! Workarounds for instructions KVM's emulator cannot run under PVM (see ARCHITECTURE.md,
+//! "Test tiers"): a real kernel's ring-0 code is emulated there, and `int3`,
 //! `clac`/`stac` and `fwait` come back as KVM_EXIT_INTERNAL_ERROR. The VMM performs them itself.
 //! Never needed on hardware KVM, where these instructions run natively.
 
