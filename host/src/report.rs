@@ -27,7 +27,7 @@ pub fn exec_status(out: &RunOutput) -> (i32, Option<String>) {
         Outcome::SchedulerFailed { reason } => Some(format!("scheduler failed: {}", reason.as_str())),
         _ => None,
     };
-    let truncated = r.stdout.truncated + r.stderr.truncated;
+    let truncated = r.stdout.truncated.saturating_add(r.stderr.truncated);
     let msg = match (msg, truncated) {
         (m, 0) => m,
         (Some(m), t) => Some(format!("{m} ({t} output bytes beyond the limit were dropped)")),

@@ -28,11 +28,14 @@ pub fn bucket(ns: u64) -> usize {
     (SUB as usize) * (shift as usize + 1) + sub as usize
 }
 
-/// Smallest value (ns) of bucket `i`; `i == BUCKETS` gives the end of the last exact bucket.
+/// Smallest value (ns) of bucket `i`; `i >= BUCKETS` gives the end of the last exact bucket.
 pub fn lower(i: usize) -> u64 {
     let sub = SUB as usize;
     if i < sub {
         return i as u64;
+    }
+    if i >= BUCKETS {
+        return 1 << MAX_EXP; // also keeps the shift below 64 for a slice longer than BUCKETS
     }
     let shift = (i / sub - 1) as u32;
     ((SUB + (i % sub) as u64) << shift).min(1 << MAX_EXP)
@@ -87,6 +90,16 @@ mod tests {
             let (lo, hi) = (lower(i), lower(i + 1));
             assert!((hi - lo) * SUB <= lo, "bucket {i}: {lo}..{hi}");
         }
+    }
+
+    #[test]
+    fn slices_longer_than_the_layout_do_not_overflow() {
+        assert_eq!(lower(BUCKETS), 1 << MAX_EXP);
+        assert_eq!(lower(usize::MAX), 1 << MAX_EXP);
+        // The wire type holds at most BUCKETS counts; a longer slice ends in the last bucket.
+        let long = [1u64; 1000];
+        assert_eq!(quantile(&long, 1.0), Some(1 << MAX_EXP));
+        assert!(quantile(&[u64::MAX; BUCKETS], 0.99).is_some(), "saturating counts");
     }
 
     #[test]

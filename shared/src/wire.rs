@@ -424,7 +424,8 @@ impl Outcome {
         match self {
             Outcome::Completed => 0,
             Outcome::Exited { code } => *code,
-            Outcome::Signaled { signal } => 128 + signal,
+            // Saturating: the signal number comes from the guest.
+            Outcome::Signaled { signal } => 128i32.saturating_add(*signal),
             Outcome::TimedOut => EXIT_TIMED_OUT,
             Outcome::Stopped => EXIT_STOPPED,
             Outcome::FailedToStart { .. } => EXIT_FAILED_TO_START,

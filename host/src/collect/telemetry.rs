@@ -222,7 +222,7 @@ impl Telemetry {
             i % 2 == 1
         });
         self.stats.ticks_decimated += (before - self.ticks.len()) as u64;
-        self.stats.stride *= 2;
+        self.stats.stride = self.stats.stride.saturating_mul(2);
         self.entries = self.ticks.iter().map(Tick::entries).sum();
     }
 

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::record::RunRecord;
 use crate::scenario::timeline::{self, Placement, Timeline};
 
+#[cfg(test)]
+mod fuzz_tests;
 mod latency;
 mod placement;
 mod progress;

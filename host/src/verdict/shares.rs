@@ -78,7 +78,9 @@ pub(super) fn steady_state(cx: &Ctx) -> Option<Steady> {
     let t0 = cx.t0?;
     let last = cx.rec.ticks.last()?;
     let end = cx.finished_ns().unwrap_or(last.t_ns).max(last.t_ns);
-    gains(cx, t0 + (end.saturating_sub(t0) as f64 * cx.th.fairness_warmup_pct / 100.0) as u64)
+    // A verdict.json read back may hold any share: at most the whole run, and no overflow.
+    let share = (cx.th.fairness_warmup_pct / 100.0).clamp(0.0, 1.0);
+    gains(cx, t0.saturating_add((end.saturating_sub(t0) as f64 * share) as u64))
 }
 
 /// What each worker gained in the sampling intervals from guest time `from` on, leaving out

@@ -164,7 +164,10 @@ impl Thresholds {
     pub fn resolve(expect: &Expect, o: &Overrides, emulated: bool) -> Thresholds {
         let d = Thresholds::default();
         let slack = if emulated { EMULATION_SLACK } else { 1.0 };
-        let spread = o.max_spread_pct.unwrap_or(expect.max_spread_pct.unwrap_or(d.max_spread_pct) * slack);
+        // At most f64::MAX: an infinite limit is written as `null` in verdict.json, which does
+        // not read back (`[expect]` may give any finite value).
+        let spread =
+            o.max_spread_pct.unwrap_or((expect.max_spread_pct.unwrap_or(d.max_spread_pct) * slack).min(f64::MAX));
         let p99 = o.p99_wake_us.or(expect.p99_wake_us.map(|us| scaled(us, slack, MAX_LIMIT_US)));
         let gap = expect.max_gap_ms.unwrap_or(d.max_gap_ms);
         Thresholds {
