@@ -629,7 +629,9 @@ fn run_case(c: &Case) {
     }
     let v = judge(&rec, &th);
     assert_eq!(v.checks.len(), CHECK_DOCS.len());
-    assert_eq!(v.passed, v.checks.iter().all(|c| c.passed));
+    assert_eq!(v.passed, v.status == Status::Pass);
+    assert_eq!(v.status == Status::Fail, v.checks.iter().any(|c| !c.passed));
+    assert!(v.checks.iter().all(|c| (c.status == Status::Fail) == !c.passed));
     let _ = th.lines();
 
     let json = serde_json::to_string(&rec).unwrap();
@@ -641,16 +643,10 @@ fn run_case(c: &Case) {
     assert_eq!(read, v, "the verdict round-trips through JSON");
     assert_eq!(judge(&back, &read.thresholds), v, "a record judged again gives the same verdict");
 
-    let row = crate::report::ScenarioRow {
-        scenario: v.scenario.clone(),
-        scheduler: rec.meta.scheduler.name.clone(),
-        passed: v.passed,
-        record: "record.json".into(),
-        wall_s: 1.0,
-        verdict: v,
-    };
+    crate::report::print_verdict(&v);
+    let (scenario, scheduler) = (v.scenario.clone(), rec.meta.scheduler.name.clone());
+    let row = crate::report::ScenarioRow::judged(&scenario, scheduler, v, Some("record.json".into()), 1.0, None);
     let _ = crate::report::scenario_line(&row);
-    crate::report::print_verdict(&row.verdict);
 }
 
 /// proptest builds its value trees recursively: in a debug build these nested strategies need
