@@ -17,9 +17,11 @@ use ktstr_shared::plan::{DEFAULT_PATH, ExecPlan};
 use ktstr_shared::wire::{Outcome, RunResult, Stream, StreamStats, output_chunks, text};
 
 use crate::control::Control;
+use crate::session::WATCHDOG_GRACE;
 use crate::sink::Sink;
 use crate::sys;
 use crate::tail::Tail;
+use crate::watchdog::Watchdog;
 
 /// Process group of the running command, for the watchdog and panic paths to kill.
 pub static CHILD_PGID: AtomicI32 = AtomicI32::new(0);
@@ -39,7 +41,7 @@ enum Kill {
     Stop,
 }
 
-pub fn run(plan: &ExecPlan, deadline: Instant, sink: &Sink, control: &Control) -> RunResult {
+pub fn run(plan: &ExecPlan, deadline: Instant, sink: &Sink, control: &Control, watchdog: &Watchdog) -> RunResult {
     if control.stop_requested() {
         return result(Outcome::Stopped, 0, [StreamStats::default(); 2]);
     }
@@ -60,7 +62,7 @@ pub fn run(plan: &ExecPlan, deadline: Instant, sink: &Sink, control: &Control) -
     CHILD_PGID.store(0, Ordering::SeqCst);
     watch.count_unread();
     let wall_ns = started.elapsed().as_nanos() as u64;
-    watch.send_tails(sink);
+    watch.send_tails(sink, watchdog);
     result(outcome, wall_ns, watch.stats)
 }
 
@@ -230,12 +232,18 @@ impl Watch {
         }
     }
 
-    /// Sends what the output limit kept of each stream, and counts what it dropped.
-    fn send_tails(&mut self, sink: &Sink) {
+    /// Sends what the output limit kept of each stream, and counts what it dropped. A slow
+    /// channel may take longer than the watchdog's grace for this: each chunk sent moves the
+    /// watchdog on (a flush in progress is not a stuck init; a stuck write still trips it).
+    fn send_tails(&mut self, sink: &Sink, watchdog: &Watchdog) {
+        let plan_end = self.deadline + WATCHDOG_GRACE;
         for (i, tail) in self.tails.iter().enumerate() {
             let Some(tail) = tail else { continue };
             let (a, b) = tail.as_slices();
-            output_chunks(STREAMS[i], a).chain(output_chunks(STREAMS[i], b)).for_each(|m| sink.send(&m));
+            output_chunks(STREAMS[i], a).chain(output_chunks(STREAMS[i], b)).for_each(|m| {
+                watchdog.set_deadline(plan_end.max(Instant::now() + WATCHDOG_GRACE));
+                sink.send(&m);
+            });
             self.stats[i].sent += tail.len() as u64;
             self.stats[i].dropped = tail.dropped();
         }

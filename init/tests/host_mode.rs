@@ -188,17 +188,14 @@ fn all_output_is_sent_in_order() {
     assert_eq!(run.result().stdout, StreamStats { sent: all.len() as u64, dropped: 0, unread: 0 });
 }
 
-/// A host slower than the command: the command waits, and what its pipe still holds when it
-/// exits is sent too, however long that takes (within the deadline).
-#[test]
-fn a_slow_host_loses_nothing() {
-    let path = write_plan_bytes(&exec_plan(&["/bin/sh", "-c", "seq 1 40000"], 60_000).to_bytes().unwrap());
-    let mut child = spawn(&path, Stdio::null());
+/// Reads the init's whole output `per_read` bytes at a time, pausing `pause` before each
+/// read (a slow channel), and decodes it.
+fn run_slowly(plan: &RunPlan, per_read: usize, pause: Duration) -> Run {
+    let mut child = spawn(&write_plan_bytes(&plan.to_bytes().unwrap()), Stdio::null());
     let mut stdout = child.stdout.take().unwrap();
-    let (mut out, mut buf) = (Vec::new(), [0u8; 1024]);
+    let (mut out, mut buf) = (Vec::new(), vec![0u8; per_read]);
     loop {
-        // About 50 KiB/s: a pipe's worth left at the command's exit takes over a second.
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(pause);
         match stdout.read(&mut buf).unwrap() {
             0 => break,
             n => out.extend_from_slice(&buf[..n]),
@@ -208,14 +205,34 @@ fn a_slow_host_loses_nothing() {
     let mut decoder = FrameDecoder::<GuestMsg>::new();
     let mut msgs = Vec::new();
     decoder.push(&out, |m| msgs.push(m));
-    let run = Run { msgs, status, stats: *decoder.stats() };
+    Run { msgs, status, stats: *decoder.stats() }
+}
+
+/// The kept tail is sent after the command ends; on a slow channel that may take longer than
+/// the watchdog's grace past the deadline, and it still arrives whole.
+#[test]
+fn a_tail_slower_to_send_than_the_grace_still_arrives() {
+    let mut plan = exec_plan(&["/bin/sh", "-c", "seq 1 100000"], 1000);
+    plan.exec.as_mut().unwrap().output_limit = Some(300_000);
+    let started = Instant::now();
+    // About 50 KiB/s: 300 KB take some 6 s, past the deadline (1 s) plus the grace (2 s).
+    let run = run_slowly(&plan, 1024, Duration::from_millis(20));
+    assert!(started.elapsed() > Duration::from_secs(4), "the flush was meant to outlast the grace");
     run.assert_well_formed();
-    assert!(
-        run.output(Stream::Stdout) == seq(40_000),
-        "{} of {} bytes",
-        run.output(Stream::Stdout).len(),
-        seq(40_000).len()
-    );
+    let all = seq(100_000);
+    assert!(run.output(Stream::Stdout) == all[all.len() - 300_000..], "{} bytes", run.output(Stream::Stdout).len());
+    assert_eq!(run.result().stdout, StreamStats { sent: 300_000, dropped: all.len() as u64 - 300_000, unread: 0 });
+}
+
+/// A host slower than the command: the command waits, and what its pipe still holds when it
+/// exits is sent too, however long that takes (within the deadline).
+#[test]
+fn a_slow_host_loses_nothing() {
+    // About 50 KiB/s: a pipe's worth left at the command's exit takes over a second.
+    let run = run_slowly(&exec_plan(&["/bin/sh", "-c", "seq 1 40000"], 60_000), 1024, Duration::from_millis(20));
+    run.assert_well_formed();
+    let (got, want) = (run.output(Stream::Stdout), seq(40_000));
+    assert!(got == want, "{} of {} bytes", got.len(), want.len());
 }
 
 #[test]
