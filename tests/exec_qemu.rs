@@ -201,3 +201,106 @@ fn include_env_and_busybox_userland() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "line two\nhi there\n2\n");
 }
+
+/// `exec` with its output captured but not echoed (it may be megabytes); `None` without a kernel.
+fn exec_quiet(extra: &[&str], cmd: &[&str]) -> Option<std::process::Output> {
+    let k = default_kernel()?;
+    let mut c = host();
+    c.args(["exec", "--backend", "qemu", "--kernel", k["image"].as_str().unwrap()]).args(extra).arg("--").args(cmd);
+    let out = c.output().expect("spawn ktstr-host");
+    let err = text(&out.stderr);
+    let err_tail = &err[err.len().saturating_sub(2000)..];
+    eprintln!("$ {c:?}\n-- exit {:?}, {} stdout bytes; stderr tail:\n{err_tail}", out.status.code(), out.stdout.len());
+    Some(out)
+}
+
+/// What `seq 1 N` prints.
+fn seq(n: u32) -> String {
+    (1..=n).map(|i| format!("{i}\n")).collect()
+}
+
+/// Equal, or where they first differ (not megabytes of both).
+fn assert_same(got: &[u8], want: &[u8], what: &str) {
+    if got != want {
+        let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+        let around = |b: &[u8]| text(&b[at.saturating_sub(40)..(at + 40).min(b.len())]);
+        panic!(
+            "{what}: {} bytes, want {}; first difference at {at}: got {:?}, want {:?}",
+            got.len(),
+            want.len(),
+            around(got),
+            around(want)
+        );
+    }
+}
+
+#[test]
+fn host_binary_under_tmp_runs_with_its_libraries() {
+    // A unique dir under the host's /tmp, so the guest path is under /tmp too.
+    let dir = tempfile::Builder::new().prefix("ktstr-exec-").tempdir_in("/tmp").unwrap();
+    let src = dir.path().join("hello.c");
+    std::fs::write(
+        &src,
+        "#include <stdio.h>\nint main(int c, char **v) { printf(\"hello from %s: %s\\n\", v[0], c > 1 ? v[1] : \"\");\n\
+         fprintf(stderr, \"to-stderr\\n\"); return 7; }\n",
+    )
+    .unwrap();
+    let prog = dir.path().join("hello");
+    match Command::new("gcc").arg("-o").arg(&prog).arg(&src).status() {
+        Err(e) => return eprintln!("skipped: cannot run gcc ({e}); apt-get install gcc"),
+        Ok(s) => assert!(s.success(), "gcc failed"),
+    }
+    let elf = std::fs::read(&prog).unwrap();
+    assert!(elf.windows(9).any(|w| w == b"libc.so.6"), "dynamically linked: it needs its libraries carried in");
+    let prog = prog.to_str().unwrap();
+    let Some(out) = exec(&[], &[prog, "arg one"]) else { return };
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("hello from {prog}: arg one\n"));
+    assert!(text(&out.stderr).contains("to-stderr\n"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn include_under_tmp_is_visible_and_tmp_stays_writable() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("data.txt"), "carried in\n").unwrap();
+    let inc = format!("{}:/tmp/in/data.txt", d.path().join("data.txt").display());
+    let script = "cat /tmp/in/data.txt && echo written > /tmp/new && cat /tmp/new && ls -ld /tmp";
+    let Some(out) = exec(&["-i", &inc], &["sh", "-c", script]) else { return };
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("carried in\nwritten\n"), "{stdout}");
+    assert!(stdout.lines().nth(2).is_some_and(|l| l.starts_with("drwxrwxrwt")), "world-writable, sticky: {stdout}");
+}
+
+#[test]
+fn all_output_arrives_in_order() {
+    // seq writes far faster than the serial channel carries: the command must wait, not lose.
+    let Some(out) = exec_quiet(&[], &["sh", "-c", "seq 1 200000; echo END"]) else { return };
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_same(&out.stdout, format!("{}END\n", seq(200_000)).as_bytes(), "stdout");
+    assert!(!text(&out.stderr).contains("dropped"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn stderr_goes_to_stderr_whole() {
+    let Some(out) = exec_quiet(&[], &["sh", "-c", "seq 1 30000 >&2; echo out"]) else { return };
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "out\n");
+    let err = text(&out.stderr);
+    assert!(err.contains(&seq(30_000)), "all of stderr, in order ({} bytes)", err.len());
+}
+
+#[test]
+fn output_limit_keeps_the_tail_and_says_what_it_dropped() {
+    let bad = run(host().args(["exec", "--output-limit", "99999999999", "--", "true"]));
+    assert_eq!(bad.status.code(), Some(2), "clap usage error");
+    assert!(text(&bad.stderr).contains("--output-limit"), "{}", text(&bad.stderr));
+
+    let Some(out) = exec_quiet(&["--output-limit", "1000"], &["sh", "-c", "seq 1 200000; echo END"]) else { return };
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let all = format!("{}END\n", seq(200_000));
+    assert_same(&out.stdout, &all.as_bytes()[all.len() - 1000..], "the last 1000 bytes");
+    let err = text(&out.stderr);
+    let dropped = all.len() - 1000;
+    assert!(err.contains(&format!("stdout: {dropped} bytes dropped by --output-limit")), "{err}");
+}

@@ -27,11 +27,11 @@ pub fn exec_status(out: &RunOutput) -> (i32, Option<String>) {
         Outcome::SchedulerFailed { reason } => Some(format!("scheduler failed: {}", reason.as_str())),
         _ => None,
     };
-    let truncated = r.stdout.truncated.saturating_add(r.stderr.truncated);
-    let msg = match (msg, truncated) {
-        (m, 0) => m,
-        (Some(m), t) => Some(format!("{m} ({t} output bytes beyond the limit were dropped)")),
-        (None, t) => Some(format!("{t} output bytes beyond the limit were dropped")),
+    let notes = crate::collect::output::notes(r, out.collected.output);
+    let msg = match (msg, notes.join("; ")) {
+        (m, n) if n.is_empty() => m,
+        (Some(m), n) => Some(format!("{m}; {n}")),
+        (None, n) => Some(n),
     };
     (r.outcome.exit_code(), msg)
 }

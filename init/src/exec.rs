@@ -1,5 +1,10 @@
 //! Runs the plan's command: streams its output, enforces the deadline, obeys Stop, and reaps
 //! every child that exits meanwhile (as PID 1 that includes orphans re-parented to us).
+//!
+//! Output is never dropped silently. Without a limit every byte read is sent at once; sending
+//! blocks while the channel is full, so the pipes fill and the command waits in `write`
+//! (back-pressure). With a limit, each stream's last bytes are kept in a bounded [`Tail`] and
+//! sent when the command has ended; the bytes before them are counted as dropped.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -9,18 +14,26 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use ktstr_shared::plan::{DEFAULT_PATH, ExecPlan};
-use ktstr_shared::wire::{GuestMsg, MAX_CHUNK, Outcome, RunResult, Stream, StreamStats, chunk, text};
+use ktstr_shared::wire::{Outcome, RunResult, Stream, StreamStats, output_chunks, text};
 
 use crate::control::Control;
+use crate::session::WATCHDOG_GRACE;
 use crate::sink::Sink;
 use crate::sys;
+use crate::tail::Tail;
+use crate::watchdog::Watchdog;
 
 /// Process group of the running command, for the watchdog and panic paths to kill.
 pub static CHILD_PGID: AtomicI32 = AtomicI32::new(0);
 
 /// How long output is still read after the command ended or was killed. Bounds the wait on a
-/// descendant that left the process group but still holds a pipe.
+/// descendant that left the process group but still holds a pipe. After an exit of its own,
+/// output still flowing extends it (a slow channel may hold back a full pipe), up to the
+/// deadline.
 const DRAIN: Duration = Duration::from_secs(1);
+/// Bytes read from a pipe at once (a pipe holds 64 KiB); sent in `MAX_CHUNK` frames.
+const READ_BUF: usize = 16 * 1024;
+const STREAMS: [Stream; 2] = [Stream::Stdout, Stream::Stderr];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kill {
@@ -28,7 +41,7 @@ enum Kill {
     Stop,
 }
 
-pub fn run(plan: &ExecPlan, deadline: Instant, sink: &Sink, control: &Control) -> RunResult {
+pub fn run(plan: &ExecPlan, deadline: Instant, sink: &Sink, control: &Control, watchdog: &Watchdog) -> RunResult {
     if control.stop_requested() {
         return result(Outcome::Stopped, 0, [StreamStats::default(); 2]);
     }
@@ -44,10 +57,13 @@ pub fn run(plan: &ExecPlan, deadline: Instant, sink: &Sink, control: &Control) -
     let pid = child.id() as libc::pid_t;
     CHILD_PGID.store(pid, Ordering::SeqCst);
     let pipes = [child.stdout.take().map(OwnedFd::from), child.stderr.take().map(OwnedFd::from)];
-    let mut watch = Watch::new(pid, pipes, plan.output_limit);
-    let outcome = watch.run(deadline, sigfd.as_raw_fd(), sink, control);
+    let mut watch = Watch::new(pid, pipes, plan.output_limit, deadline);
+    let outcome = watch.run(sigfd.as_raw_fd(), sink, control);
     CHILD_PGID.store(0, Ordering::SeqCst);
-    result(outcome, started.elapsed().as_nanos() as u64, watch.stats)
+    watch.count_unread();
+    let wall_ns = started.elapsed().as_nanos() as u64;
+    watch.send_tails(sink, watchdog);
+    result(outcome, wall_ns, watch.stats)
 }
 
 fn result(outcome: Outcome, wall_ns: u64, [stdout, stderr]: [StreamStats; 2]) -> RunResult {
@@ -81,7 +97,10 @@ struct Watch {
     /// stdout, stderr; `None` once at EOF or abandoned.
     pipes: [Option<OwnedFd>; 2],
     stats: [StreamStats; 2],
-    limit: u64,
+    /// Per stream, with an output limit: the last bytes, sent at the end.
+    tails: [Option<Tail>; 2],
+    buf: Box<[u8]>,
+    deadline: Instant,
     status: Option<libc::c_int>,
     killed: Option<Kill>,
     /// Set once the command is over: stop reading output at this time.
@@ -89,19 +108,23 @@ struct Watch {
 }
 
 impl Watch {
-    fn new(pid: libc::pid_t, pipes: [Option<OwnedFd>; 2], limit: u32) -> Self {
+    fn new(pid: libc::pid_t, pipes: [Option<OwnedFd>; 2], limit: Option<u32>, deadline: Instant) -> Self {
+        let tail = || limit.map(|l| Tail::new(l as usize));
         Watch {
             pid,
             pipes,
             stats: Default::default(),
-            limit: limit.into(),
+            tails: [tail(), tail()],
+            buf: vec![0; READ_BUF].into_boxed_slice(),
+            deadline,
             status: None,
             killed: None,
             drain_until: None,
         }
     }
 
-    fn run(&mut self, deadline: Instant, sigfd: RawFd, sink: &Sink, control: &Control) -> Outcome {
+    fn run(&mut self, sigfd: RawFd, sink: &Sink, control: &Control) -> Outcome {
+        let deadline = self.deadline;
         while !self.finished() {
             let now = Instant::now();
             if self.running() && now >= deadline {
@@ -174,22 +197,56 @@ impl Watch {
         let Some(i) = self.pipes.iter().position(|p| p.as_ref().is_some_and(|p| p.as_raw_fd() == fd)) else {
             return;
         };
-        let mut buf = [0u8; MAX_CHUNK];
-        let n = match sys::read(fd, &mut buf) {
+        let n = match sys::read(fd, &mut self.buf) {
             Ok(0) | Err(_) => {
                 self.pipes[i] = None;
                 return;
             }
             Ok(n) => n,
         };
-        let stats = &mut self.stats[i];
-        let room = self.limit.saturating_sub(stats.sent).min(n as u64) as usize;
-        if room > 0 {
-            let stream = if i == 0 { Stream::Stdout } else { Stream::Stderr };
-            sink.send(&GuestMsg::ExecOutput { stream, data: chunk(&buf[..room]) });
+        if self.killed.is_none()
+            && let Some(until) = &mut self.drain_until
+        {
+            *until = (*until).max((Instant::now() + DRAIN).min(self.deadline));
         }
-        stats.sent += room as u64;
-        stats.truncated += (n - room) as u64;
+        let data = &self.buf[..n];
+        match &mut self.tails[i] {
+            Some(tail) => tail.push(data),
+            None => {
+                // Blocks while the channel is full: back-pressure on the command.
+                output_chunks(STREAMS[i], data).for_each(|m| sink.send(&m));
+                self.stats[i].sent += n as u64;
+            }
+        }
+    }
+
+    /// Pipes still open when reading stopped: what they hold was not read.
+    fn count_unread(&mut self) {
+        for (pipe, stats) in self.pipes.iter().zip(&mut self.stats) {
+            let Some(pipe) = pipe else { continue };
+            let mut n: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one int to a valid pointer; the fd is open.
+            if unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut n) } == 0 {
+                stats.unread = n.max(0) as u64;
+            }
+        }
+    }
+
+    /// Sends what the output limit kept of each stream, and counts what it dropped. A slow
+    /// channel may take longer than the watchdog's grace for this: each chunk sent moves the
+    /// watchdog on (a flush in progress is not a stuck init; a stuck write still trips it).
+    fn send_tails(&mut self, sink: &Sink, watchdog: &Watchdog) {
+        let plan_end = self.deadline + WATCHDOG_GRACE;
+        for (i, tail) in self.tails.iter().enumerate() {
+            let Some(tail) = tail else { continue };
+            let (a, b) = tail.as_slices();
+            output_chunks(STREAMS[i], a).chain(output_chunks(STREAMS[i], b)).for_each(|m| {
+                watchdog.set_deadline(plan_end.max(Instant::now() + WATCHDOG_GRACE));
+                sink.send(&m);
+            });
+            self.stats[i].sent += tail.len() as u64;
+            self.stats[i].dropped = tail.dropped();
+        }
     }
 
     fn outcome(&self) -> Outcome {

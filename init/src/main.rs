@@ -15,6 +15,7 @@ mod session;
 mod shm;
 mod sink;
 mod sys;
+mod tail;
 mod topo;
 mod watchdog;
 mod worker;

@@ -26,13 +26,6 @@ const MOUNTS: &[Mount] = &[
     Mount { fstype: "proc", target: "/proc", flags: NOSUID_NODEV_NOEXEC, data: "", required: true },
     Mount { fstype: "sysfs", target: "/sys", flags: NOSUID_NODEV_NOEXEC, data: "", required: true },
     Mount { fstype: "devtmpfs", target: "/dev", flags: libc::MS_NOSUID, data: "mode=0755", required: true },
-    Mount {
-        fstype: "tmpfs",
-        target: "/tmp",
-        flags: libc::MS_NOSUID | libc::MS_NODEV,
-        data: "mode=1777",
-        required: false,
-    },
     Mount { fstype: "cgroup2", target: "/sys/fs/cgroup", flags: NOSUID_NODEV_NOEXEC, data: "", required: false },
     Mount { fstype: "debugfs", target: "/sys/kernel/debug", flags: NOSUID_NODEV_NOEXEC, data: "", required: false },
     Mount { fstype: "tracefs", target: "/sys/kernel/tracing", flags: NOSUID_NODEV_NOEXEC, data: "", required: false },
@@ -45,7 +38,15 @@ pub struct EarlyReport {
     pub fatal: Option<String>,
 }
 
+/// /tmp is a directory of the root filesystem, not a mount of its own: the initramfs root is
+/// already a writable tmpfs (or ramfs), and a mount over /tmp would hide what the host carried
+/// there (`exec -- /tmp/prog`, `-i HOST:/tmp/x`). Made world-writable and sticky, as a /tmp is.
+const TMP: &str = "/tmp";
+
 pub fn mount_all(report: &mut EarlyReport) {
+    if let Err(e) = prepare_tmp() {
+        report.notes.push((LogLevel::Warn, format!("cannot prepare {TMP}: {e}")));
+    }
     for m in MOUNTS {
         // /proc is mounted first, so later entries can ask the kernel what it supports.
         if !m.required && !fs_supported(m.fstype) {
@@ -61,6 +62,12 @@ pub fn mount_all(report: &mut EarlyReport) {
             }
         }
     }
+}
+
+fn prepare_tmp() -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(TMP)?;
+    std::fs::set_permissions(TMP, std::fs::Permissions::from_mode(0o1777))
 }
 
 fn fs_supported(fstype: &str) -> bool {

@@ -78,7 +78,14 @@ pub fn run(boot: Boot, out: RawFd, input: RawFd, exit: Exit, plan_path: &Path) -
             sink.send(&GuestMsg::Topology(cpu));
         }
     }
-    let mut session = Session { sink, control, exit, quiet: false, cgroup_root: boot.cgroup_root.clone() };
+    let mut session = Session {
+        sink,
+        control,
+        watchdog: watchdog.clone(),
+        exit,
+        quiet: false,
+        cgroup_root: boot.cgroup_root.clone(),
+    };
     for (level, note) in &boot.early.notes {
         session.log(*level, note);
     }
@@ -105,6 +112,7 @@ pub fn run(boot: Boot, out: RawFd, input: RawFd, exit: Exit, plan_path: &Path) -
 struct Session {
     sink: Arc<Sink>,
     control: Arc<Control>,
+    watchdog: Arc<Watchdog>,
     exit: Exit,
     /// Logs go only over the protocol, not to the console.
     quiet: bool,
@@ -134,7 +142,7 @@ impl Session {
         }
         let mut result = match (&plan.scenario, &plan.exec) {
             (Some(scn), _) => self.run_scenario(scn, deadline, sched.as_ref()),
-            (None, Some(exec)) => exec::run(exec, deadline, &self.sink, &self.control),
+            (None, Some(exec)) => exec::run(exec, deadline, &self.sink, &self.control, &self.watchdog),
             (None, None) => nothing_run(Outcome::Completed),
         };
         let Some(sched) = sched else { return result };

@@ -99,7 +99,7 @@ fn echo_output_is_streamed() {
     assert_eq!(run.output(Stream::Stderr), b"");
     let result = run.result();
     assert_eq!(result.outcome, Outcome::Exited { code: 0 });
-    assert_eq!(result.stdout, StreamStats { sent: 6, truncated: 0 });
+    assert_eq!(result.stdout, StreamStats { sent: 6, dropped: 0, unread: 0 });
 }
 
 #[test]
@@ -160,15 +160,79 @@ fn env_and_cwd_are_applied() {
     assert_eq!(run.output(Stream::Stdout), b"bar\n/\n\n");
 }
 
+/// What `seq 1 n` prints.
+fn seq(n: u32) -> Vec<u8> {
+    (1..=n).flat_map(|i| format!("{i}\n").into_bytes()).collect()
+}
+
 #[test]
-fn output_over_the_limit_is_counted_not_sent() {
-    let mut plan = exec_plan(&["/bin/sh", "-c", "head -c 5000 /dev/zero; head -c 10 /dev/zero >&2"], 10_000);
-    plan.exec.as_mut().unwrap().output_limit = 1000;
+fn output_limit_keeps_the_tail_and_counts_the_head() {
+    let mut plan = exec_plan(&["/bin/sh", "-c", "seq 1 2000; head -c 10 /dev/zero >&2"], 10_000);
+    plan.exec.as_mut().unwrap().output_limit = Some(1000);
     let run = run(&plan);
     run.assert_well_formed();
-    assert_eq!(run.output(Stream::Stdout), vec![0u8; 1000]);
-    assert_eq!(run.result().stdout, StreamStats { sent: 1000, truncated: 4000 });
-    assert_eq!(run.result().stderr, StreamStats { sent: 10, truncated: 0 });
+    let all = seq(2000);
+    assert_eq!(run.output(Stream::Stdout), all[all.len() - 1000..]);
+    let dropped = all.len() as u64 - 1000;
+    assert_eq!(run.result().stdout, StreamStats { sent: 1000, dropped, unread: 0 });
+    assert_eq!(run.result().stderr, StreamStats { sent: 10, dropped: 0, unread: 0 });
+}
+
+#[test]
+fn all_output_is_sent_in_order() {
+    let run = run(&exec_plan(&["/bin/sh", "-c", "seq 1 200000; echo END >&2"], 60_000));
+    run.assert_well_formed();
+    let all = seq(200_000);
+    assert!(run.output(Stream::Stdout) == all, "all {} bytes of stdout", all.len());
+    assert_eq!(run.output(Stream::Stderr), b"END\n");
+    assert_eq!(run.result().stdout, StreamStats { sent: all.len() as u64, dropped: 0, unread: 0 });
+}
+
+/// Reads the init's whole output `per_read` bytes at a time, pausing `pause` before each
+/// read (a slow channel), and decodes it.
+fn run_slowly(plan: &RunPlan, per_read: usize, pause: Duration) -> Run {
+    let mut child = spawn(&write_plan_bytes(&plan.to_bytes().unwrap()), Stdio::null());
+    let mut stdout = child.stdout.take().unwrap();
+    let (mut out, mut buf) = (Vec::new(), vec![0u8; per_read]);
+    loop {
+        std::thread::sleep(pause);
+        match stdout.read(&mut buf).unwrap() {
+            0 => break,
+            n => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    let status = child.wait().unwrap();
+    let mut decoder = FrameDecoder::<GuestMsg>::new();
+    let mut msgs = Vec::new();
+    decoder.push(&out, |m| msgs.push(m));
+    Run { msgs, status, stats: *decoder.stats() }
+}
+
+/// The kept tail is sent after the command ends; on a slow channel that may take longer than
+/// the watchdog's grace past the deadline, and it still arrives whole.
+#[test]
+fn a_tail_slower_to_send_than_the_grace_still_arrives() {
+    let mut plan = exec_plan(&["/bin/sh", "-c", "seq 1 100000"], 1000);
+    plan.exec.as_mut().unwrap().output_limit = Some(300_000);
+    let started = Instant::now();
+    // About 50 KiB/s: 300 KB take some 6 s, past the deadline (1 s) plus the grace (2 s).
+    let run = run_slowly(&plan, 1024, Duration::from_millis(20));
+    assert!(started.elapsed() > Duration::from_secs(4), "the flush was meant to outlast the grace");
+    run.assert_well_formed();
+    let all = seq(100_000);
+    assert!(run.output(Stream::Stdout) == all[all.len() - 300_000..], "{} bytes", run.output(Stream::Stdout).len());
+    assert_eq!(run.result().stdout, StreamStats { sent: 300_000, dropped: all.len() as u64 - 300_000, unread: 0 });
+}
+
+/// A host slower than the command: the command waits, and what its pipe still holds when it
+/// exits is sent too, however long that takes (within the deadline).
+#[test]
+fn a_slow_host_loses_nothing() {
+    // About 50 KiB/s: a pipe's worth left at the command's exit takes over a second.
+    let run = run_slowly(&exec_plan(&["/bin/sh", "-c", "seq 1 40000"], 60_000), 1024, Duration::from_millis(20));
+    run.assert_well_formed();
+    let (got, want) = (run.output(Stream::Stdout), seq(40_000));
+    assert!(got == want, "{} of {} bytes", got.len(), want.len());
 }
 
 #[test]
@@ -259,7 +323,7 @@ fn usage_errors_exit_2() {
 #[test]
 fn watchdog_ends_a_stuck_init() {
     let mut plan = exec_plan(&["/bin/sh", "-c", "exec head -c 100000000 /dev/zero"], 300);
-    plan.exec.as_mut().unwrap().output_limit = u32::MAX;
+    plan.exec.as_mut().unwrap().output_limit = None;
     let path = write_plan_bytes(&plan.to_bytes().unwrap());
     let started = Instant::now();
     let mut child = spawn(&path, Stdio::null());

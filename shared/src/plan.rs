@@ -18,12 +18,15 @@ pub const PLAN_PATH: &str = "/ktstr/plan";
 /// The guest end of the protocol channel (COM2).
 pub const PROTOCOL_TTY: &str = "/dev/ttyS1";
 /// Version of the [`RunPlan`] layout; the first field of every plan.
-/// v2: [`RunPlan::scenario`]. v3: [`RunPlan::scheduler`].
-pub const PLAN_VERSION: u16 = 3;
+/// v2: [`RunPlan::scenario`]. v3: [`RunPlan::scheduler`]. v4: [`ExecPlan::output_limit`] is
+/// optional and keeps the tail.
+pub const PLAN_VERSION: u16 = 4;
 /// Largest plan file the init accepts.
 pub const MAX_PLAN_BYTES: usize = 1 << 20;
-/// Default per-stream limit of command output streamed to the host.
-pub const DEFAULT_OUTPUT_LIMIT: u32 = 64 * 1024;
+/// Largest [`ExecPlan::output_limit`]: the kept tail of each stream lives in guest memory
+/// until the command ends and is sent after it; two full tails take some 18 s over a serial
+/// line under TCG (~115 KB/s), within the host's allowance past the deadline.
+pub const MAX_OUTPUT_LIMIT: u32 = 1 << 20;
 /// `PATH` given to the command when its plan sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -91,8 +94,10 @@ pub struct ExecPlan {
     /// entry, [`DEFAULT_PATH`] is used.
     pub env: Vec<(String, String)>,
     pub cwd: Option<String>,
-    /// Bytes per stream (stdout, stderr) streamed to the host; the rest is counted as truncated.
-    pub output_limit: u32,
+    /// `None`: all output is streamed to the host as it comes. `Some(n)`: only the last `n`
+    /// bytes of each stream (stdout, stderr) are kept and sent when the command has ended;
+    /// the bytes before them are counted as dropped. At most [`MAX_OUTPUT_LIMIT`].
+    pub output_limit: Option<u32>,
 }
 
 impl RunPlan {
@@ -157,14 +162,9 @@ impl RunPlan {
 }
 
 impl ExecPlan {
-    /// A command with an empty environment, no cwd and [`DEFAULT_OUTPUT_LIMIT`].
+    /// A command with an empty environment, no cwd and no output limit.
     pub fn new<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> Self {
-        ExecPlan {
-            argv: argv.into_iter().map(Into::into).collect(),
-            env: Vec::new(),
-            cwd: None,
-            output_limit: DEFAULT_OUTPUT_LIMIT,
-        }
+        ExecPlan { argv: argv.into_iter().map(Into::into).collect(), env: Vec::new(), cwd: None, output_limit: None }
     }
 
     fn validate(&self) -> Result<(), PlanError> {
@@ -182,7 +182,10 @@ impl ExecPlan {
         if let Some((name, _)) = self.env.iter().find(|(k, _)| k.is_empty() || k.contains('=')) {
             return Err(PlanError::BadEnvName { name: name.clone() });
         }
-        Ok(())
+        match self.output_limit {
+            Some(limit) if limit > MAX_OUTPUT_LIMIT => Err(PlanError::OutputLimit { limit }),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -202,6 +205,7 @@ pub enum PlanError {
     Scenario(ScenarioError),
     SchedulerPath,
     ZeroAttachTimeout,
+    OutputLimit { limit: u32 },
 }
 
 impl fmt::Display for PlanError {
@@ -232,6 +236,9 @@ impl fmt::Display for PlanError {
             PlanError::Scenario(e) => write!(f, "run plan {e}"),
             PlanError::SchedulerPath => write!(f, "run plan scheduler.argv[0] must be an absolute guest path"),
             PlanError::ZeroAttachTimeout => write!(f, "run plan scheduler.attach_timeout_ms is 0; give a timeout > 0"),
+            PlanError::OutputLimit { limit } => {
+                write!(f, "run plan exec.output_limit {limit} is over the {MAX_OUTPUT_LIMIT} bytes allowed")
+            }
         }
     }
 }

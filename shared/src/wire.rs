@@ -23,7 +23,9 @@ use serde::{Deserialize, Serialize};
 /// Bumped on any change that is not an append of a variant or trailing field.
 /// v2: scenario telemetry (`Sample`, `WorkerReport` reshaped; `Scenario` events added).
 /// v3: scheduler lifecycle (`SchedEventKind` meanings, `Outcome::SchedulerFailed`).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// v4: command output is streamed whole; `StreamStats` says what an output limit dropped from
+/// the head of a stream (the tail is kept) and what was left unread.
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Largest frame on the wire, delimiter included.
 pub const MAX_FRAME: usize = 4096;
 /// Largest postcard encoding of one message.
@@ -73,7 +75,9 @@ pub enum GuestMsg {
     WorkerReport(WorkerReport),
     /// Something the scheduler did (started, attached, exited, ...).
     SchedulerEvent { t_ns: u64, kind: SchedEventKind, text: Text },
-    /// A piece of the exec'd command's output, in order per stream.
+    /// A piece of the exec'd command's output, in order per stream (see [`output_chunks`]).
+    /// Without an output limit it is sent as the command writes it; with one, the kept tail
+    /// is sent once the command has ended.
     ExecOutput { stream: Stream, data: Chunk },
     /// How the plan ended; sent once, before [`GuestMsg::Bye`].
     Result(RunResult),
@@ -374,11 +378,14 @@ pub struct RunResult {
     pub stderr: StreamStats,
 }
 
-/// Bytes of one output stream: those sent as [`GuestMsg::ExecOutput`] and those over the limit.
+/// Bytes of one output stream: `sent` as [`GuestMsg::ExecOutput`], `dropped` from its head by
+/// the plan's output limit, and `unread`: at least this many were still in the pipe when the
+/// init stopped reading (the run's time was up). Nothing else is lost.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamStats {
     pub sent: u64,
-    pub truncated: u64,
+    pub dropped: u64,
+    pub unread: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -444,6 +451,11 @@ pub fn text<const N: usize>(s: &str) -> heapless::String<N> {
     // Cannot fail: `end <= N`.
     let _ = out.push_str(&s[..end]);
     out
+}
+
+/// `data` as [`GuestMsg::ExecOutput`] messages of at most [`MAX_CHUNK`] bytes, in order.
+pub fn output_chunks(stream: Stream, data: &[u8]) -> impl Iterator<Item = GuestMsg> + '_ {
+    data.chunks(MAX_CHUNK).map(move |piece| GuestMsg::ExecOutput { stream, data: chunk(piece) })
 }
 
 /// `bytes` cut to at most `N` bytes.

@@ -4,7 +4,7 @@ fn exec_plan() -> RunPlan {
     let mut exec = ExecPlan::new(["/bin/sh", "-c", "echo $FOO"]);
     exec.env.push(("FOO".into(), "bar".into()));
     exec.cwd = Some("/tmp".into());
-    exec.output_limit = 10;
+    exec.output_limit = Some(10);
     RunPlan { console_quiet: true, exec: Some(exec), ..RunPlan::new(5000) }
 }
 
@@ -52,6 +52,9 @@ fn plan_rejects_what_the_init_cannot_run() {
     let mut bad_env = exec_plan();
     bad_env.exec.as_mut().unwrap().env.push(("A=B".into(), "c".into()));
     assert!(matches!(bad_env.validate(), Err(PlanError::BadEnvName { .. })));
+    let mut huge_limit = exec_plan();
+    huge_limit.exec.as_mut().unwrap().output_limit = Some(MAX_OUTPUT_LIMIT + 1);
+    assert_eq!(huge_limit.validate(), Err(PlanError::OutputLimit { limit: MAX_OUTPUT_LIMIT + 1 }));
 }
 
 #[test]

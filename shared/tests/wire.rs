@@ -16,7 +16,7 @@ fn hello() -> Hello {
 }
 
 fn every_guest_msg() -> Vec<GuestMsg> {
-    let stats = StreamStats { sent: 6, truncated: 0 };
+    let stats = StreamStats { sent: 6, dropped: 0, unread: 0 };
     vec![
         GuestMsg::Hello(hello()),
         GuestMsg::Log { t_ns: 5, level: LogLevel::Warn, text: text("mount debugfs: ENODEV") },
@@ -179,8 +179,8 @@ fn maximal_guest_msgs() -> Vec<GuestMsg> {
         GuestMsg::Result(RunResult {
             outcome: Outcome::FailedToStart { reason: text(&"y".repeat(5000)) },
             wall_ns: u64::MAX,
-            stdout: StreamStats { sent: u64::MAX, truncated: u64::MAX },
-            stderr: StreamStats { sent: u64::MAX, truncated: u64::MAX },
+            stdout: StreamStats { sent: u64::MAX, dropped: u64::MAX, unread: u64::MAX },
+            stderr: StreamStats { sent: u64::MAX, dropped: u64::MAX, unread: u64::MAX },
         }),
         GuestMsg::Panic { text: text(&"z".repeat(5000)) },
     ]
@@ -294,8 +294,16 @@ fn arb_outcome() -> impl Strategy<Value = Outcome> {
     ]
 }
 
+fn arb_stream() -> impl Strategy<Value = Stream> {
+    prop_oneof![Just(Stream::Stdout), Just(Stream::Stderr)]
+}
+
 fn arb_guest_msg() -> impl Strategy<Value = GuestMsg> {
-    let stats = (any::<u64>(), any::<u64>()).prop_map(|(sent, truncated)| StreamStats { sent, truncated });
+    let stats = (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(sent, dropped, unread)| StreamStats {
+        sent,
+        dropped,
+        unread,
+    });
     prop_oneof![
         (any::<u16>(), any::<u32>(), any::<u64>())
             .prop_map(|(version, nr_cpus, t)| { GuestMsg::Hello(Hello { version, nr_cpus, hello_ns: t, ..hello() }) }),
@@ -308,8 +316,8 @@ fn arb_guest_msg() -> impl Strategy<Value = GuestMsg> {
             kind: SchedEventKind::Error,
             text
         }),
-        proptest::collection::vec(any::<u8>(), 0..MAX_CHUNK)
-            .prop_map(|d| GuestMsg::ExecOutput { stream: Stream::Stdout, data: chunk(&d) }),
+        (arb_stream(), proptest::collection::vec(any::<u8>(), 0..=MAX_CHUNK))
+            .prop_map(|(stream, d)| GuestMsg::ExecOutput { stream, data: chunk(&d) }),
         (arb_outcome(), any::<u64>(), stats.clone(), stats).prop_map(|(outcome, wall_ns, stdout, stderr)| {
             GuestMsg::Result(RunResult { outcome, wall_ns, stdout, stderr })
         }),
@@ -429,5 +437,30 @@ proptest! {
         }
         prop_assert_eq!(&split, &whole);
         prop_assert_eq!(split_dec.stats(), &whole_stats);
+    }
+
+    /// Output written in pieces of any size to either stream arrives whole and in order per
+    /// stream, in frames that never exceed the limits.
+    #[test]
+    fn output_in_chunks_arrives_whole_per_stream(
+        writes in proptest::collection::vec((arb_stream(), proptest::collection::vec(any::<u8>(), 0..3 * MAX_CHUNK)), 0..8),
+    ) {
+        let msgs: Vec<GuestMsg> = writes.iter().flat_map(|(s, d)| output_chunks(*s, d)).collect();
+        for m in &msgs {
+            let GuestMsg::ExecOutput { data, .. } = m else { unreachable!() };
+            prop_assert!(!data.is_empty() && data.len() <= MAX_CHUNK);
+            prop_assert!(encode_to_vec(m).unwrap().len() <= MAX_FRAME);
+        }
+        let (got, stats) = decode_all::<GuestMsg>(&frames(&msgs));
+        prop_assert_eq!(stats.rejected(), 0);
+        let mut received = [Vec::new(), Vec::new()];
+        for m in got {
+            let GuestMsg::ExecOutput { stream, data } = m else { unreachable!() };
+            received[stream as usize].extend_from_slice(&data);
+        }
+        for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
+            let written: Vec<u8> = writes.iter().filter(|(s, _)| *s == stream).flat_map(|(_, d)| d.clone()).collect();
+            prop_assert_eq!(&received[i], &written);
+        }
     }
 }

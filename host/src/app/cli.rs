@@ -134,6 +134,10 @@ pub struct ExecArgs {
     /// Seconds the scheduler gets to attach
     #[arg(long, default_value_t = 20, value_name = "SECS", value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub attach_timeout: u32,
+    /// Keep only the last BYTES of stdout and of stderr, shown when the command ends (the
+    /// count dropped is said on stderr). Default: all output, shown as it comes
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(0..=i64::from(ktstr_shared::plan::MAX_OUTPUT_LIMIT)))]
+    pub output_limit: Option<u32>,
     /// Command and arguments to run in the guest
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -354,6 +358,7 @@ fn exec(args: ExecArgs, marks: &mut Marks) -> Result<i32> {
     plan.scheduler = sched.plan(attach);
     let mut exec = ExecPlan::new(argv);
     exec.env = with_userland_path(env);
+    exec.output_limit = args.output_limit;
     plan.exec = Some(exec);
     let mut req = request(&args.vm, k, backend, plan, files, marks);
     req.stream_output = true;

@@ -2,19 +2,23 @@
 //! (everything the guest sends is untrusted: bounded, checked), enforces the hard timeout and
 //! Ctrl-C, and returns what happened as a [`Collected`].
 
+use self::output::Received;
 use self::telemetry::Telemetry;
 use crate::backend::{Machine, MachineExit};
 use crate::interrupt;
+pub mod output;
 pub mod telemetry;
-use ktstr_shared::wire::{DecodeStats, FrameDecoder, GuestMsg, Hello, LogLevel, RunResult, Stream};
+use ktstr_shared::wire::{DecodeStats, FrameDecoder, GuestMsg, Hello, LogLevel, RunResult};
 use std::io::{Read, Write};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Console bytes kept (the tail); the rest is only counted.
 pub const CONSOLE_KEEP: usize = 256 * 1024;
-/// Command output kept per stream on the host side.
-pub const OUTPUT_KEEP: usize = 1 << 20;
+/// Events (console reads, decoded frames) queued between the readers and the supervisor.
+/// Bounded: when we are slower than the guest (a slow stdout), the readers wait, the channel
+/// fills and the guest waits in turn; nothing is dropped and memory stays bounded.
+const EVENTS_QUEUED: usize = 64;
 /// After Bye, how long the guest gets to power off before it is killed.
 const POWEROFF_GRACE: Duration = Duration::from_secs(10);
 
@@ -107,8 +111,8 @@ pub struct Collected {
     /// A Panic frame from the init.
     pub init_panic: Option<String>,
     pub logs: Vec<(LogLevel, String)>,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
+    /// Command output bytes received (they were copied out as they came, not kept).
+    pub output: Received,
     pub console: Console,
     pub decode: DecodeStats,
     pub phases: Phases,
@@ -132,7 +136,8 @@ enum Event {
 /// Runs until the machine stops, the timeout fires, or Ctrl-C; always leaves it stopped.
 pub fn supervise(machine: &mut dyn Machine, timeout: Duration, opts: Options) -> Collected {
     let start = Instant::now();
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = mpsc::sync_channel(EVENTS_QUEUED);
+    let mut output = output::terminal(opts.stream_output);
     let mut readers = Vec::new();
     if let Some(console) = machine.take_console() {
         readers.push(spawn_console_reader(console, tx.clone()));
@@ -149,8 +154,7 @@ pub fn supervise(machine: &mut dyn Machine, timeout: Duration, opts: Options) ->
         bye: None,
         init_panic: None,
         logs: Vec::new(),
-        stdout: Vec::new(),
-        stderr: Vec::new(),
+        output: Received::default(),
         console: Console::default(),
         decode: DecodeStats::default(),
         phases: Phases::default(),
@@ -178,7 +182,7 @@ pub fn supervise(machine: &mut dyn Machine, timeout: Duration, opts: Options) ->
             break End::Timeout(timeout);
         }
         match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(ev) => handle(&mut c, ev, start, opts, &mut bye_at),
+            Ok(ev) => handle(&mut c, ev, start, opts, &mut bye_at, &mut output),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {}
         }
@@ -198,15 +202,18 @@ pub fn supervise(machine: &mut dyn Machine, timeout: Duration, opts: Options) ->
     c.phases.stopped = Some(start.elapsed());
     // The machine is gone: its pipes close, so the readers finish with what was buffered.
     for ev in rx.iter() {
-        handle(&mut c, ev, start, opts, &mut bye_at);
+        handle(&mut c, ev, start, opts, &mut bye_at, &mut output);
     }
+    c.output = output.received();
     for r in readers {
         let _ = r.join();
     }
     c
 }
 
-fn handle(c: &mut Collected, ev: Event, start: Instant, opts: Options, bye_at: &mut Option<Instant>) {
+type Out = output::Output<Box<dyn Write>, Box<dyn Write>>;
+
+fn handle(c: &mut Collected, ev: Event, start: Instant, opts: Options, bye_at: &mut Option<Instant>, out: &mut Out) {
     match ev {
         Event::Console(bytes) => {
             c.phases.first_console_byte.get_or_insert(start.elapsed());
@@ -217,31 +224,19 @@ fn handle(c: &mut Collected, ev: Event, start: Instant, opts: Options, bye_at: &
             }
             c.console.push(&bytes);
         }
-        Event::Msg(m) => handle_msg(c, *m, start, opts, bye_at),
+        Event::Msg(m) => handle_msg(c, *m, start, bye_at, out),
         Event::ChannelClosed(stats) => c.decode = stats,
         Event::ConsoleClosed => {}
     }
 }
 
-fn handle_msg(c: &mut Collected, m: GuestMsg, start: Instant, opts: Options, bye_at: &mut Option<Instant>) {
+fn handle_msg(c: &mut Collected, m: GuestMsg, start: Instant, bye_at: &mut Option<Instant>, out: &mut Out) {
     match m {
         GuestMsg::Hello(h) => {
             c.phases.hello.get_or_insert(start.elapsed());
             c.hello = Some(h);
         }
-        GuestMsg::ExecOutput { stream, data } => {
-            let (buf, live): (&mut Vec<u8>, Box<dyn Write>) = match stream {
-                Stream::Stdout => (&mut c.stdout, Box::new(std::io::stdout())),
-                Stream::Stderr => (&mut c.stderr, Box::new(std::io::stderr())),
-            };
-            if opts.stream_output {
-                let mut live = live;
-                let _ = live.write_all(&data);
-                let _ = live.flush();
-            }
-            let room = OUTPUT_KEEP.saturating_sub(buf.len());
-            buf.extend_from_slice(&data[..data.len().min(room)]);
-        }
+        GuestMsg::ExecOutput { stream, data } => out.push(stream, &data),
         GuestMsg::Result(r) => {
             c.phases.result.get_or_insert(start.elapsed());
             c.result = Some(r);
@@ -267,7 +262,7 @@ fn handle_msg(c: &mut Collected, m: GuestMsg, start: Instant, opts: Options, bye
     }
 }
 
-fn spawn_console_reader(mut r: Box<dyn Read + Send>, tx: mpsc::Sender<Event>) -> std::thread::JoinHandle<()> {
+fn spawn_console_reader(mut r: Box<dyn Read + Send>, tx: mpsc::SyncSender<Event>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 8192];
         loop {
@@ -284,7 +279,7 @@ fn spawn_console_reader(mut r: Box<dyn Read + Send>, tx: mpsc::Sender<Event>) ->
     })
 }
 
-fn spawn_channel_reader(mut r: Box<dyn Read + Send>, tx: mpsc::Sender<Event>) -> std::thread::JoinHandle<()> {
+fn spawn_channel_reader(mut r: Box<dyn Read + Send>, tx: mpsc::SyncSender<Event>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut dec: FrameDecoder<GuestMsg> = FrameDecoder::new();
         let mut buf = vec![0u8; 8192];

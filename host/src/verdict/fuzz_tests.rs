@@ -268,7 +268,8 @@ fn outcome() -> impl Strategy<Value = Outcome> {
 }
 
 fn run_result() -> impl Strategy<Value = RunResult> {
-    let stats = || (count(), count()).prop_map(|(sent, truncated)| StreamStats { sent, truncated });
+    let stats =
+        || (count(), count(), count()).prop_map(|(sent, dropped, unread)| StreamStats { sent, dropped, unread });
     (outcome(), ns(), stats(), stats()).prop_map(|(outcome, wall_ns, stdout, stderr)| RunResult {
         outcome,
         wall_ns,
