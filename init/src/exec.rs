@@ -17,10 +17,10 @@ use ktstr_shared::plan::{DEFAULT_PATH, ExecPlan};
 use ktstr_shared::wire::{Outcome, RunResult, Stream, StreamStats, output_chunks, text};
 
 use crate::control::Control;
-use crate::session::WATCHDOG_GRACE;
 use crate::sink::Sink;
 use crate::sys;
 use crate::tail::Tail;
+use crate::watchdog::WATCHDOG_GRACE;
 use crate::watchdog::Watchdog;
 
 /// Process group of the running command, for the watchdog and panic paths to kill.

@@ -21,12 +21,11 @@ use crate::scenario;
 use crate::sched::Scheduler;
 use crate::sink::Sink;
 use crate::sys;
-use crate::watchdog::Watchdog;
+use crate::watchdog::WATCHDOG_GRACE;
 
 /// Watchdog deadline until the plan says otherwise: reading the plan takes milliseconds.
 const PRE_PLAN_DEADLINE: Duration = Duration::from_secs(30);
-/// Time past the plan deadline for killing the command and reporting before the watchdog fires.
-pub const WATCHDOG_GRACE: Duration = Duration::from_secs(2);
+use crate::watchdog::Watchdog;
 
 /// How the process ends.
 #[derive(Clone, Copy)]

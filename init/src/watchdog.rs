@@ -3,7 +3,10 @@
 
 use std::io;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Time past the plan deadline for killing the command and reporting before the watchdog fires.
+pub const WATCHDOG_GRACE: Duration = Duration::from_secs(2);
 
 pub struct Watchdog {
     deadline: Mutex<Instant>,
