@@ -301,7 +301,7 @@ pub fn print_verdict(v: &Verdict) {
             Status::NotJudged => "not judged",
             Status::Pass => "pass",
         };
-        println!("  {status:<10}  {:<18} {}", c.name, c.detail);
+        println!("  {status:>10}  {:<18} {}", c.name, c.detail);
     }
     println!("verdict: {}", v.status.word());
 }
