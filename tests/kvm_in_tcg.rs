@@ -29,9 +29,7 @@ fn inner_host(dir: &Path) -> PathBuf {
 }
 
 /// One vCPU for the outer VM: see SCRIPT.
-const OUTER_TOPOLOGY: &str = "1n1l2c1t";
-/// Single-threaded (round-robin) TCG for the outer VM.
-const OUTER_TCG: &str = "tcg,thread=single";
+const OUTER_TOPOLOGY: &str = "1n1l1c1t";
 
 /// The outer VM has ONE vCPU (OUTER_TOPOLOGY): with two, QEMU's multi-threaded TCG emulating
 /// AMD SVM for the outer guest's KVM now and then lost a translation: the inner guest faulted
@@ -114,7 +112,6 @@ fn micro_vmm_runs_real_guests_on_nested_kvm() {
     std::fs::write(&script, SCRIPT).unwrap();
     let t = std::time::Instant::now();
     let out = run(host()
-        .env("KTSTR_QEMU_TCG", OUTER_TCG)
         .args(["exec", "--backend", "qemu", "--topology", OUTER_TOPOLOGY, "--memory", "2048", "--timeout", "1500"])
         .arg("--kernel")
         .arg(outer["image"].as_str().unwrap())

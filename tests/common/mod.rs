@@ -20,7 +20,7 @@ pub fn bin() -> &'static str {
 /// `ktstr-host` with a clean environment for ktstr variables.
 pub fn host() -> Command {
     let mut c = Command::new(bin());
-    for var in ["KTSTR_KERNEL", "KTSTR_CACHE_DIR", "KTSTR_KERNEL_MIRROR", "KTSTR_QEMU_TCG", "RUST_LOG"] {
+    for var in ["KTSTR_KERNEL", "KTSTR_CACHE_DIR", "KTSTR_KERNEL_MIRROR", "RUST_LOG"] {
         c.env_remove(var);
     }
     c

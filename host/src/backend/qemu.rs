@@ -42,7 +42,7 @@ pub fn args(spec: &VmSpec, accel: Accel, socket: &Path) -> Vec<String> {
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     match accel {
         Accel::Kvm => push(&["-accel", "kvm"]),
-        Accel::Tcg => push(&["-accel", &tcg_accel()]),
+        Accel::Tcg => push(&["-accel", "tcg"]),
     }
     push(&["-cpu", cpu_model(&spec.topology, accel)]);
     push(&["-M", "pc", "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none", "-no-reboot"]);
@@ -57,19 +57,6 @@ pub fn args(spec: &VmSpec, accel: Accel, socket: &Path) -> Vec<String> {
     a.extend(["-chardev".into(), format!("socket,id=proto,path={}", socket.display())]);
     a.extend(["-serial".into(), "chardev:proto".into()]);
     a
-}
-
-/// `-accel` for TCG: `tcg`, or `$KTSTR_QEMU_TCG` when that names TCG options (`tcg,...`, such
-/// as `tcg,thread=single` for the nested-KVM test tier); any other value is refused with a warning.
-fn tcg_accel() -> String {
-    match std::env::var("KTSTR_QEMU_TCG") {
-        Ok(v) if v == "tcg" || v.starts_with("tcg,") => v,
-        Ok(v) => {
-            tracing::warn!("KTSTR_QEMU_TCG={v:?} ignored: give `tcg` or `tcg,<options>` (e.g. tcg,thread=single)");
-            "tcg".into()
-        }
-        Err(_) => "tcg".into(),
-    }
 }
 
 /// The CPU model for a topology. On TCG: `max` (every feature TCG emulates, AMD SVM included,
