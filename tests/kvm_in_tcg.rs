@@ -28,19 +28,23 @@ fn inner_host(dir: &Path) -> PathBuf {
     dst
 }
 
-/// One vCPU for the outer VM: see SCRIPT.
-const OUTER_TOPOLOGY: &str = "1n1l1c1t";
+/// The outer VM: two vCPUs on QEMU's multi-threaded TCG. Measured alternatives were worse:
+/// with one vCPU the whole outer VM hung (100 % CPU, silent, no inner timeout ever fired) in 1
+/// of 5 tier runs, in topo_1n3l3c1t (9 inner vCPUs); with `-accel tcg,thread=single` inner
+/// boots timed out from the first case on.
+const OUTER_TOPOLOGY: &str = "1n1l2c1t";
+/// A normal tier takes 90 to 120 s here; an outer VM that hangs is cut off well before the
+/// CI budget is gone.
+const OUTER_TIMEOUT_S: &str = "600";
 
-/// The outer VM has ONE vCPU (OUTER_TOPOLOGY): with two, QEMU's multi-threaded TCG emulating
-/// AMD SVM for the outer guest's KVM now and then lost a translation: the inner guest faulted
-/// fetching code it was running and triple-faulted, or hung before its init said a word (5 to
-/// 14 of 30 boots, QEMU 7.2; 3 of 30 with QEMU 10.0), and the outer kernel itself once died of
-/// a recursive page fault ("BUG: TASK stack guard page was hit"). With one vCPU there is no
-/// second TCG thread to race with. A case that still ends in exactly one of those ways is run
-/// again, at most twice, each retry printed and counted by the test: a triple fault with
-/// reset-state registers (how KVM on SVM reports the first), the micro-VMM's watchdog, or the
-/// run's timeout with not one byte from the inner init on the protocol channel (no
-/// `first_com2_byte` phase: the inner kernel never got that far).
+/// QEMU's multi-threaded TCG, emulating AMD SVM for the outer guest's KVM, now and then loses
+/// the inner guest's address translation right after a VMRUN: the inner kernel faults fetching
+/// code it was running and triple-faults, or hangs before its init says a word (5 to 14 of 30
+/// boots with the inner console on, QEMU 7.2; 3 of 30 with QEMU 10.0). So a case that ends in
+/// exactly one of those ways is run again, at most twice, each retry printed and counted by the
+/// test: a triple fault with reset-state registers (how KVM on SVM reports the first), the
+/// micro-VMM's watchdog, or the run's timeout with not one byte from the inner init on the
+/// protocol channel (no `first_com2_byte` phase: the inner kernel never got that far).
 const SCRIPT: &str = r#"
 H=/nest/ktstr-host
 K=/nest/k/bzImage
@@ -112,7 +116,17 @@ fn micro_vmm_runs_real_guests_on_nested_kvm() {
     std::fs::write(&script, SCRIPT).unwrap();
     let t = std::time::Instant::now();
     let out = run(host()
-        .args(["exec", "--backend", "qemu", "--topology", OUTER_TOPOLOGY, "--memory", "2048", "--timeout", "1500"])
+        .args([
+            "exec",
+            "--backend",
+            "qemu",
+            "--topology",
+            OUTER_TOPOLOGY,
+            "--memory",
+            "2048",
+            "--timeout",
+            OUTER_TIMEOUT_S,
+        ])
         .arg("--kernel")
         .arg(outer["image"].as_str().unwrap())
         .args(["-i", &format!("{}:/nest/ktstr-host", inner.display())])
