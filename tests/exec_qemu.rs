@@ -247,7 +247,7 @@ fn host_binary_under_tmp_runs_with_its_libraries() {
     .unwrap();
     let prog = dir.path().join("hello");
     match Command::new("gcc").arg("-o").arg(&prog).arg(&src).status() {
-        Err(e) => return eprintln!("skipped: cannot run gcc ({e}); apt-get install gcc"),
+        Err(e) => return skip(format!("cannot run gcc ({e}); apt-get install gcc")),
         Ok(s) => assert!(s.success(), "gcc failed"),
     }
     let elf = std::fs::read(&prog).unwrap();

@@ -31,7 +31,7 @@ fn git_tree(dir: &Path) -> Option<PathBuf> {
             && p.to_string_lossy().ends_with(".tar.xz")
     });
     let Some(tarball) = tarball else {
-        eprintln!("skipped: no /usr/src/linux-source-*.tar.xz (apt-get install linux-source-6.12)");
+        skip("no /usr/src/linux-source-*.tar.xz (apt-get install linux-source-6.12)");
         return None;
     };
     assert!(Command::new("tar").arg("-xf").arg(&tarball).arg("-C").arg(dir).status().unwrap().success());

@@ -199,7 +199,7 @@ impl Mirror {
         let meta: serde_json::Value = serde_json::from_slice(&fs::read(src.join("metadata.json")).unwrap()).unwrap();
         let version = meta["version"].as_str().unwrap().to_string();
         let Some(tarball) = meta["source"]["tarball"].as_str().map(str::to_owned) else {
-            eprintln!("skipped: the default kernel was not built from the distro tarball");
+            skip("the default kernel was not built from the distro tarball");
             return None;
         };
         let sha = meta["source"]["sha256"].as_str().unwrap().to_string();

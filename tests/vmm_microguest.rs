@@ -32,7 +32,7 @@ fn no_kvm() -> Option<String> {
 macro_rules! require_kvm {
     () => {
         if let Some(why) = no_kvm() {
-            println!("skipped: {why}");
+            common::skip(why);
             return;
         }
     };
@@ -704,8 +704,7 @@ fn linux_early_boot_sees_cmdline_e820_and_both_vcpus() {
     require_kvm!();
     let Some(kernel) = common::default_kernel() else { return };
     let Some(vmlinux) = kernel["vmlinux"].as_str() else {
-        println!("skipped: the default kernel has no vmlinux");
-        return;
+        return common::skip("the default kernel has no vmlinux");
     };
     // The ELF entry: a bzImage's decompressor alone takes minutes under PVM's emulator.
     let mut c = VmConfig::linux(vmlinux, PVM_SAFE_CMDLINE);
@@ -747,8 +746,7 @@ fn linux_early_boot_sees_cmdline_e820_and_both_vcpus() {
 fn real_kernel_reaches_hello_on_hardware_kvm() {
     let flavour = ktstr_host::vmm::detect();
     if !matches!(flavour, ktstr_host::vmm::KvmFlavour::Hardware(_)) {
-        println!("skipped: needs hardware KVM ({})", flavour.explain());
-        return;
+        return common::skip(format!("{} ({})", common::NEEDS_HARDWARE_KVM, flavour.explain()));
     }
     let Some(k) = common::default_kernel() else { return };
     let out = common::run(

@@ -17,8 +17,24 @@ pub fn rows(out: &Output) -> Vec<Value> {
     v.as_array().expect("an array of rows").clone()
 }
 
+/// The row of catalog scenario `scenario` under `scheduler`. Panics when there is none: a
+/// renamed or removed scenario must fail the tests that look it up, not turn them into passes.
+pub fn scenario_row<'a>(rows: &'a [Value], scenario: &str, scheduler: &str) -> &'a Value {
+    let mut found = rows.iter().filter(|r| r["scenario"] == scenario && r["scheduler"] == scheduler);
+    let row = found.next().unwrap_or_else(|| {
+        let ran: Vec<String> = rows.iter().map(|r| format!("{} under {}", r["scenario"], r["scheduler"])).collect();
+        panic!("no row for scenario {scenario:?} under {scheduler}: renamed or removed from the catalog? rows: {ran:?}")
+    });
+    assert!(found.next().is_none(), "more than one row for scenario {scenario:?} under {scheduler}");
+    row
+}
+
 pub fn check<'a>(row: &'a Value, name: &str) -> &'a Value {
-    row["verdict"]["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).expect("check present")
+    let checks = row["verdict"]["checks"].as_array().expect("a verdict with checks");
+    checks
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name:?} in the row of {}", row["scenario"]))
 }
 
 pub fn detail<'a>(row: &'a Value, name: &str) -> &'a str {
