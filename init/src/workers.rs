@@ -248,6 +248,10 @@ impl Pool {
     fn progress(&self, i: usize, latency: bool) -> Snapshot {
         let slot = self.shm.slot(self.workers[i].id as usize);
         let p = &slot.progress;
+        // The histogram before the counters: a worker still running between the two reads
+        // adds latencies and units, and each latency comes with a unit, so read this way the
+        // histogram never holds more wake-ups than the units say (at most one more).
+        let latency = if latency { slot.histogram() } else { Vec::new() };
         Snapshot {
             t_ns: 0,
             units: p.units.load(Relaxed),
@@ -259,7 +263,7 @@ impl Pool {
             max_gap_cpu: p.max_gap_cpu.load(Relaxed),
             observed_migrations: p.migrations.load(Relaxed),
             cpus_used: std::array::from_fn(|k| p.cpus_used[k].load(Relaxed)),
-            latency: if latency { slot.histogram() } else { Vec::new() },
+            latency,
             task: None,
         }
     }
